@@ -1,0 +1,99 @@
+"""The Python API: build a model from a recipe, load one from a run, checkpoint or official file."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+
+from . import checkpoint as ckpt
+from .components import BuildEnv
+from .config import Recipe, component, resolve
+from .errors import CheckpointError
+from .plugins import registry as get_registry
+
+
+def build_model(recipe: Recipe, registry: Any = None) -> torch.nn.Module:
+    """The model a resolved recipe describes (the composed ``masked`` model by default)."""
+    reg = registry or get_registry()
+    cls, cfg = component("models", recipe.model, "model", reg, default="masked")
+    return cls(cfg, BuildEnv(registry=reg))
+
+
+def build(recipe: str | os.PathLike | Mapping[str, Any] | Recipe, overrides: list[str] | None = None) -> torch.nn.Module:
+    """Resolve a recipe (file, mapping or Recipe; presets and ``overrides`` applied) and build
+    its model, randomly initialized."""
+    return build_model(resolve(recipe, overrides))
+
+
+def build_dataset(recipe: Recipe, train: bool | None = None, eval_split: bool = False, registry: Any = None):
+    """The dataset of ``recipe.data`` (or ``recipe.eval_data`` with ``eval_split``)."""
+    reg = registry or get_registry()
+    spec = recipe.eval_data if eval_split and recipe.eval_data is not None else recipe.data
+    path = "eval_data" if eval_split and recipe.eval_data is not None else "data"
+    cls, cfg = component("datasets", spec, path, reg)
+    return cls(cfg, train=train)
+
+
+def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, strict: bool = True) -> None:
+    """Load a state dict after checking keys and shapes (errors list the mismatches)."""
+    ckpt.check_compatible(model, dict(state), source, strict=strict)
+    model.load_state_dict(state, strict=strict)
+
+
+def _checkpoint_dir(path: Path) -> Path | None:
+    if (path / "model.safetensors").is_file():
+        return path
+    if (path / "checkpoints").is_dir():
+        return ckpt.latest(path / "checkpoints")
+    if path.name == "checkpoints":
+        return ckpt.latest(path)
+    return None
+
+
+def load(path: str | os.PathLike, overrides: list[str] | None = None) -> torch.nn.Module:
+    """A model ready for feature extraction (eval mode) from a run folder (its newest complete
+    checkpoint), a checkpoint folder, a mimkit ``.safetensors`` export, or an official file
+    that an installed importer recognizes (e.g. facebookresearch/mae ``{"model": ...}``)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"no such file or folder: {p}")
+    if p.is_dir():
+        d = _checkpoint_dir(p)
+        if d is None:
+            raise CheckpointError(f"{p} holds no complete checkpoint (looked for model.safetensors or checkpoints/step_*/COMPLETE)")
+        recipe = resolve(yaml.safe_load((d / "recipe.yaml").read_text()), overrides)
+        model = build_model(recipe)
+        load_state(model, ckpt.load_tensors(d / "model.safetensors"), str(d / "model.safetensors"))
+        model.recipe = recipe
+        return model.eval()
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(p), "pt") as f:
+            meta = f.metadata() or {}
+        if "mimkit_recipe" not in meta:
+            raise CheckpointError(f"{p} carries no mimkit recipe in its metadata; for a timm export use timm.create_model")
+        recipe = resolve(yaml.safe_load(meta["mimkit_recipe"]), overrides)
+        model = build_model(recipe)
+        state = ckpt.load_tensors(p)
+        strict = meta.get("mimkit_content", "full") == "full"
+        load_state(model, state, str(p), strict=strict)
+        model.recipe = recipe
+        return model.eval()
+    state = ckpt.load_torch(p)
+    reg = get_registry()
+    for name, importer in reg.components["importers"].items():
+        found = importer(state)
+        if found is None:
+            continue
+        recipe_map, converted, strict = found if len(found) == 3 else (*found, True)
+        recipe = resolve(recipe_map, overrides)
+        model = build_model(recipe)
+        load_state(model, converted, f"{p} (via importer {name!r})", strict=strict)
+        model.recipe = recipe
+        return model.eval()
+    known = ", ".join(f"{n} ({reg.providers['importers'][n]})" for n in reg.names("importers")) or "none installed"
+    raise CheckpointError(f"{p}: no installed importer recognizes this file; importers: {known}")

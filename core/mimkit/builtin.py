@@ -1,0 +1,49 @@
+"""The core's built-in plugin: generic components many methods share, registered through
+the same hooks as any plugin (as pytest registers its own)."""
+from __future__ import annotations
+
+from .components.losses import L1, Cosine, CrossEntropy, MaskedMSE
+from .components.masking import RandomMasker
+from .components.targets import PixelTarget
+from .components.vit import ViTEncoder
+from .data import FashionMNIST, ImageFolder
+from .hookspecs import HOOK_API_VERSION, hookimpl
+from .model import MaskedModel
+from .viz import ReconstructionGrid
+
+MIMKIT_API = HOOK_API_VERSION
+
+
+@hookimpl
+def mimkit_encoders():
+    return {"vit": ViTEncoder}
+
+
+@hookimpl
+def mimkit_maskers():
+    return {"random": RandomMasker}
+
+
+@hookimpl
+def mimkit_targets():
+    return {"pixels": PixelTarget}
+
+
+@hookimpl
+def mimkit_losses():
+    return {"masked_mse": MaskedMSE, "l1": L1, "cosine": Cosine, "cross_entropy": CrossEntropy}
+
+
+@hookimpl
+def mimkit_models():
+    return {"masked": MaskedModel}
+
+
+@hookimpl
+def mimkit_datasets():
+    return {"fashion_mnist": FashionMNIST, "image_folder": ImageFolder}
+
+
+@hookimpl
+def mimkit_visualizers():
+    return {"reconstruction": ReconstructionGrid}

@@ -1,0 +1,169 @@
+"""Checkpoints that are never half-written and load without running code.
+
+Layout: ``<run>/checkpoints/step_<N>/`` holding ``model.safetensors``, ``optimizer.pt``
+(tensors only, loaded with ``weights_only=True``), ``rng_rank<r>.safetensors``,
+``state.json`` (counters, versions, format) and ``recipe.yaml``; written into a temporary
+folder with a ``COMPLETE`` marker, fsynced, then renamed in one step. Old ones are pruned only afterwards.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError
+
+FORMAT_VERSION = 1
+COMPLETE = "COMPLETE"
+_STEP = re.compile(r"^step_(\d+)$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in path.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+def state_dict_for_save(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies; tensors shared between keys are stored once per key."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def complete_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    out = []
+    for p in ckpt_dir.iterdir():
+        m = _STEP.match(p.name)
+        if m and p.is_dir() and (p / COMPLETE).is_file():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest(ckpt_dir: Path) -> Path | None:
+    found = complete_checkpoints(ckpt_dir)
+    return found[-1][1] if found else None
+
+
+def write(
+    ckpt_dir: Path,
+    step: int,
+    files: dict[str, Any],
+    keep_last: int,
+) -> Path:
+    """Write one checkpoint atomically. ``files`` maps a file name to a state:
+    ``*.safetensors`` -> dict of tensors, ``*.pt`` -> tensor-only object, ``*.json`` -> JSON,
+    other -> text."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"step_{step}"
+    tmp = ckpt_dir / f".tmp-step_{step}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, obj in files.items():
+        target = tmp / name
+        if name.endswith(".safetensors"):
+            save_file(obj, str(target))
+        elif name.endswith(".pt"):
+            torch.save(obj, target)
+        elif name.endswith(".json"):
+            target.write_text(json.dumps(obj, indent=1, sort_keys=True))
+        else:
+            target.write_text(obj)
+    (tmp / COMPLETE).write_text("ok\n")
+    _fsync_tree(tmp)
+    if final.exists():  # a re-save of the same step (e.g. final == periodic)
+        shutil.rmtree(final)
+    os.replace(tmp, final)  # the single commit point
+    _fsync_dir(ckpt_dir)
+    prune(ckpt_dir, keep_last)
+    return final
+
+
+def prune(ckpt_dir: Path, keep_last: int) -> None:
+    """Remove all but the newest ``keep_last`` complete checkpoints, and stale temp folders."""
+    found = complete_checkpoints(ckpt_dir)
+    for _, p in found[: max(0, len(found) - keep_last)]:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in ckpt_dir.glob(".tmp-step_*"):
+        if not p.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+
+
+def load_torch(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: a pickle that would run code is refused, not run."""
+    try:
+        # official MAE files carry their argparse Namespace: a plain attribute bag, safe to allow
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError and friends
+        raise CheckpointError(
+            f"refusing to load {path}: it is not a plain tensor file loadable with weights_only=True "
+            f"(it may contain code). Details: {str(exc).splitlines()[0]}"
+        ) from None
+
+
+def load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+
+
+def check_compatible(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True) -> None:
+    """Raise a CheckpointError listing missing/unexpected keys and shape mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if shapes:
+        problems.append("shape mismatches: " + "; ".join(shapes[:10]) + (" ..." if len(shapes) > 10 else ""))
+    if strict and missing:
+        problems.append("missing keys: " + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+    if strict and unexpected:
+        problems.append("unexpected keys: " + ", ".join(unexpected[:10]) + (" ..." if len(unexpected) > 10 else ""))
+    if problems:
+        raise CheckpointError(f"{source} does not fit this model (another architecture?): " + " | ".join(problems))
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    out = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["torch_cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["torch_cuda"])

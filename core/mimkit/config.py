@@ -1,0 +1,289 @@
+"""Recipes: YAML -> presets deep-merged -> ``--set`` overrides -> validated attrs classes.
+
+Every error names the key path, the bad value and what is allowed. Component sections
+(``model``, ``data``, ``model.encoder``, ...) are mappings with a ``name`` that picks a
+registered class; the rest of the mapping is validated against that class's ``Config``.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+import attrs
+import cattrs
+import yaml
+
+from .errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------
+# A strict converter: no silent int(1.5) or bool("false").
+
+converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _strict(kind: type, accept: tuple[type, ...], reject: tuple[type, ...] = ()):
+    def hook(value: Any, _type: Any) -> Any:
+        if isinstance(value, reject) or not isinstance(value, accept):
+            raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return kind(value)
+
+    return hook
+
+
+converter.register_structure_hook(int, _strict(int, (int,), (bool,)))
+converter.register_structure_hook(float, _strict(float, (int, float), (bool,)))
+converter.register_structure_hook(bool, _strict(bool, (bool,)))
+converter.register_structure_hook(str, _strict(str, (str,)))
+converter.register_structure_hook(Any, lambda v, _t: v)
+
+
+def _is_union(t: Any) -> bool:
+    return typing.get_origin(t) in (typing.Union, types.UnionType)
+
+
+def _structure_union(value: Any, t: Any) -> Any:
+    """Unions of plain types: None if allowed, else the first member type that accepts it."""
+    members = typing.get_args(t)
+    if value is None:
+        if type(None) in members:
+            return None
+        raise ValueError("a value is required, got null")
+    errors = []
+    for m in members:
+        if m is type(None):
+            continue
+        try:
+            return converter.structure(value, m)
+        except Exception as exc:  # try the next member
+            errors.append(str(exc))
+    names = " or ".join(getattr(m, "__name__", str(m)) for m in members if m is not type(None))
+    raise ValueError(f"expected {names}, got {type(value).__name__} {value!r}")
+
+
+converter.register_structure_hook_func(_is_union, _structure_union)
+
+
+def structure(cls: type, data: Any, path: str) -> Any:
+    """Validate ``data`` into the attrs class ``cls``; errors name ``path.key`` and the choices."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'recipe'}: expected a mapping, got {type(data).__name__} {data!r}")
+    allowed = [a.name for a in attrs.fields(cls)]
+    extra = [k for k in data if k not in allowed]
+    if extra:
+        raise ConfigError(
+            f"unknown key {_join(path, str(extra[0]))!r}; allowed keys here: {', '.join(allowed)}"
+        )
+    missing = [a.name for a in attrs.fields(cls) if a.default is attrs.NOTHING and a.name not in data]
+    if missing:
+        raise ConfigError(f"missing required key {_join(path, missing[0])!r}")
+    try:
+        return converter.structure(dict(data), cls)
+    except cattrs.BaseValidationError as exc:
+        messages = cattrs.transform_error(exc, path="$")
+        first = messages[0] if messages else str(exc)
+        msg, _, where = first.partition(" @ ")
+        key = where.replace("$.", "").replace("$", "").replace("['", ".").replace("']", "")
+        key = key.split(".")[0] if key else ""
+        value = data.get(key, "?") if key else data
+        raise ConfigError(f"invalid value {value!r} for {_join(path, key)!r}: {msg}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid value at {path or 'recipe'!r}: {exc}") from None
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path and key else (path or key)
+
+
+def unstructure(obj: Any) -> Any:
+    return converter.unstructure(obj)
+
+
+def one_of(*choices: str):
+    """An attrs validator whose error lists the allowed values."""
+
+    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise ValueError(f"{attribute.name} must be one of {list(choices)}, got {value!r}")
+
+    return check
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe
+
+
+@attrs.define(kw_only=True)
+class OptimConfig:
+    """Optimizer and schedule, covering the papers' recipes."""
+
+    name: str = attrs.field(default="adamw", validator=one_of("adamw", "sgd"))
+    base_lr: float = 1.5e-4  # per ref_batch samples
+    lr: float | None = None  # absolute lr; overrides base_lr scaling when set
+    ref_batch: int = 256  # lr = base_lr * effective batch / ref_batch (MFM uses 512)
+    betas: tuple[float, float] = (0.9, 0.95)
+    momentum: float = 0.9  # SGD
+    weight_decay: float = 0.05
+    weight_decay_end: float | None = None  # cosine weight-decay schedule (AttMask/iBOT)
+    decay_tokens: bool = True  # the official MAE code decays cls/mask tokens (3-D params)
+    warmup_epochs: float = 40.0
+    warmup_start_lr: float = 0.0
+    min_lr: float = 0.0
+    clip_grad: float | None = None
+    layer_decay: float | None = None  # layer-wise lr decay (fine-tuning)
+
+
+@attrs.define(kw_only=True)
+class TrainConfig:
+    """The loop: length, batch, precision, logging and checkpoint cadence, failure policies."""
+
+    epochs: float = 1.0
+    max_steps: int | None = None  # optimizer steps; stops early when set
+    batch_size: int = 64  # per process
+    grad_accum: int = 1
+    mixed_precision: str = attrs.field(default="no", validator=one_of("no", "bf16", "fp16"))
+    num_workers: int = 0
+    log_every: int = 10
+    ckpt_every: int = 500  # optimizer steps
+    keep_last: int = 2
+    nonfinite: str = attrs.field(default="stop", validator=one_of("stop", "skip"))
+    compile: bool = False
+    grad_checkpointing: bool = False
+    deterministic: bool = True
+    visualize: bool = True
+    progress: bool = True
+
+
+@attrs.define(kw_only=True)
+class Recipe:
+    """A whole run. ``data`` and ``model`` are component mappings validated at build time."""
+
+    name: str = "run"
+    method: str | None = None
+    seed: int = 0
+    output_dir: str = "runs"
+    data: dict[str, Any] = attrs.field(factory=lambda: {"name": "fashion_mnist"})
+    eval_data: dict[str, Any] | None = None
+    model: dict[str, Any] = attrs.field(factory=dict)
+    optim: OptimConfig = attrs.field(factory=OptimConfig)
+    train: TrainConfig = attrs.field(factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, merging, overriding
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; lists and scalars in ``over`` replace."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """``yaml.safe_load`` a recipe file; Python tags and non-mappings are refused by name."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not a valid safe YAML recipe ({exc.__class__.__name__}: {exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a recipe must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings; the value is parsed as a YAML scalar."""
+    out = copy.deepcopy(raw)
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. model.masker.ratio=0.9), got {item!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse {text!r} ({exc})") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"--set {key}: {part!r} holds {nxt!r}, not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def resolve_presets(raw: Mapping[str, Any], registry: Any, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Replace ``method: NAME`` by the preset's mapping with ``raw`` deep-merged over it."""
+    name = raw.get("method")
+    if not name:
+        return dict(raw)
+    if not isinstance(name, str):
+        raise ConfigError(f"invalid value {name!r} for 'method': expected a preset name")
+    if name in _seen:
+        raise ConfigError(f"presets form a cycle: {' -> '.join((*_seen, name))}")
+    preset = registry.get("methods", name, where="method")
+    base = resolve_presets(preset, registry, (*_seen, name))
+    merged = deep_merge(base, {k: v for k, v in raw.items() if k != "method"})
+    merged["method"] = name
+    return merged
+
+
+def resolve(
+    recipe: str | os.PathLike | Mapping[str, Any] | Recipe,
+    overrides: list[str] | None = None,
+    registry: Any = None,
+) -> Recipe:
+    """Any recipe form (file path, mapping, Recipe) -> a validated :class:`Recipe`."""
+    if isinstance(recipe, Recipe):
+        raw = unstructure(recipe)
+    elif isinstance(recipe, Mapping):
+        raw = copy.deepcopy(dict(recipe))
+    else:
+        raw = load_yaml(recipe)
+    raw = apply_overrides(raw, overrides)
+    if registry is None:
+        from .plugins import registry as get_registry
+
+        registry = get_registry()
+    raw = resolve_presets(raw, registry)
+    return structure(Recipe, raw, "")
+
+
+def dump(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (saved into every run folder)."""
+    return yaml.safe_dump(unstructure(recipe), sort_keys=False)
+
+
+def component(kind: str, spec: Any, path: str, registry: Any, default: str | None = None) -> tuple[type, Any]:
+    """Look up a component spec ``{name: ..., **options}`` -> (class, validated Config)."""
+    if spec is None:
+        spec = {}
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{path}: expected a mapping with a 'name', got {spec!r}")
+    name = spec.get("name", default)
+    if name is None:
+        names = ", ".join(registry.names(kind))
+        raise ConfigError(f"missing required key '{path}.name'; registered {kind}: {names}")
+    cls = registry.get(kind, name, where=path)
+    cfg = structure(cls.Config, {k: v for k, v in spec.items() if k != "name"}, path)
+    return cls, cfg
+

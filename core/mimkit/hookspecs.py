@@ -1,0 +1,118 @@
+"""The hook specifications: the contract between the mimkit core and its plugins.
+
+A plugin is a module of ``@hookimpl`` functions, published through the entry-point group
+``mimkit`` and carrying ``MIMKIT_API = <int>``, the hook-API version it was written for
+(:data:`HOOK_API_VERSION`). Each registration hook below is called once, when the registry
+is first built, with no arguments, and returns a mapping ``{component name: class}``
+(``mimkit_methods``: ``{preset name: recipe mapping}``). All results are collected; a name
+registered by two plugins is an error naming both.
+
+A component class has a nested ``Config`` attrs class (validated before anything is built)
+and is constructed as ``cls(config, env)`` where ``env`` is a :class:`mimkit.components.BuildEnv`
+holding what was built before it (the encoder, the target's width, ...).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import pluggy
+
+PROJECT = "mimkit"
+#: Bumped when a hook's meaning changes; a plugin declaring another version is refused.
+HOOK_API_VERSION = 1
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def mimkit_maskers() -> Mapping[str, type]:
+    """Register maskers: modules that decide which tokens (or frequencies) are hidden.
+
+    Protocol: ``sample_noise(generator) -> Tensor`` draws one sample's randomness in the data
+    loader (from a generator seeded by (seed, epoch, sample index), so masks do not depend on
+    the number of processes); ``forward(batch, noise, ctx) -> Mask`` runs vectorized on the
+    device, with ``noise`` (B, ...) the stacked per-sample draws.
+    """
+
+
+@hookspec
+def mimkit_targets() -> Mapping[str, type]:
+    """Register targets: modules computing what the decoder must predict.
+
+    Protocol: attribute ``dim`` (values per token) and ``forward(batch, mask, ctx) -> Tensor``
+    giving (B, N, dim) for every token; the model gathers the hidden ones when the decoder
+    predicts those only. Targets never receive gradients.
+    """
+
+
+@hookspec
+def mimkit_encoders() -> Mapping[str, type]:
+    """Register encoders.
+
+    Protocol: attributes ``embed_dim``, ``grid`` (t, h, w), ``patch`` (pt, ph, pw),
+    ``in_chans``, ``num_prefix_tokens``; ``embed(x, mask) -> tokens`` (only the kept patches
+    for a visible-only encoder), ``encode(tokens, mask) -> latent`` (B, prefix + N_seen, D),
+    and ``forward_features(x) -> (B, prefix + N, D)`` on the whole input for evaluation.
+    """
+
+
+@hookspec
+def mimkit_decoders() -> Mapping[str, type]:
+    """Register decoders.
+
+    Protocol: attribute ``predict`` ("all" or "masked"); ``forward(latent, mask, ctx) -> pred``
+    of shape (B, N, target dim) or (B, N_hidden, target dim) in ``mask.ids_hidden`` order.
+    """
+
+
+@hookspec
+def mimkit_losses() -> Mapping[str, type]:
+    """Register losses.
+
+    Protocol: ``forward(outputs, batch, ctx) -> Tensor`` (a scalar). A loss reads the outputs
+    it needs by name (``outputs.get(name)``), so recipes wire hybrids without code. A loss may
+    own parameters (a projection head): they train with the model.
+    """
+
+
+@hookspec
+def mimkit_teachers() -> Mapping[str, type]:
+    """Register teachers: gradient-free models whose outputs feed maskers, targets and losses.
+
+    Protocol: ``forward(batch, ctx) -> dict`` stored in ``ctx.teacher`` before masking;
+    ``on_step_end(model, step)`` and ``on_epoch_end(model, epoch)`` update them (EMA).
+    """
+
+
+@hookspec
+def mimkit_models() -> Mapping[str, type]:
+    """Register whole-method models for flows the composed masked model does not cover
+    (iGPT, FLIP, TTT). Protocol: ``forward(batch, ctx) -> Outputs`` with ``loss`` set."""
+
+
+@hookspec
+def mimkit_methods() -> Mapping[str, Mapping[str, Any]]:
+    """Register presets: named recipe mappings a recipe can start from (``method: NAME``)."""
+
+
+@hookspec
+def mimkit_datasets() -> Mapping[str, type]:
+    """Register data sources. Protocol: ``cls(config, split=..., train=...)`` is a map-style
+    dataset whose items are dicts ("image" | "video" | "audio", optional "label")."""
+
+
+@hookspec
+def mimkit_visualizers() -> Mapping[str, type]:
+    """Register pictures of a method's outputs. Protocol: ``cls(config)(model, batch, path)``
+    writes a PNG and returns its path. A model names its visualizer through its target's
+    ``visualizer`` attribute."""
+
+
+@hookspec
+def mimkit_importers() -> Mapping[str, Callable[[Mapping[str, Any]], Any]]:
+    """Register checkpoint importers for official releases.
+
+    Each callable receives a loaded state mapping and returns ``(recipe, state_dict)`` in
+    mimkit's layout, or ``None`` when the file is not one it knows. Used by :func:`mimkit.load`.
+    """
