@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import attrs
 import cattrs
+import cattrs.v
 import yaml
 
 from .errors import ConfigError
@@ -67,33 +68,67 @@ def _structure_union(value: Any, t: Any) -> Any:
 converter.register_structure_hook_func(_is_union, _structure_union)
 
 
+def _check_keys(cls: type, data: Mapping, path: str) -> None:
+    """Unknown and missing keys, recursively through nested attrs classes, named by path."""
+    fields = {a.name: a for a in attrs.fields(attrs.resolve_types(cls))}
+    extra = [k for k in data if k not in fields]
+    if extra:
+        raise ConfigError(f"unknown key {_join(path, str(extra[0]))!r}; allowed keys here: {', '.join(fields)}")
+    missing = [n for n, a in fields.items() if a.default is attrs.NOTHING and n not in data]
+    if missing:
+        raise ConfigError(f"missing required key {_join(path, missing[0])!r}")
+    for name, a in fields.items():
+        if isinstance(a.type, type) and attrs.has(a.type) and isinstance(data.get(name), Mapping):
+            _check_keys(a.type, data[name], _join(path, name))
+
+
 def structure(cls: type, data: Any, path: str) -> Any:
     """Validate ``data`` into the attrs class ``cls``; errors name ``path.key`` and the choices."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or 'recipe'}: expected a mapping, got {type(data).__name__} {data!r}")
-    allowed = [a.name for a in attrs.fields(cls)]
-    extra = [k for k in data if k not in allowed]
-    if extra:
-        raise ConfigError(
-            f"unknown key {_join(path, str(extra[0]))!r}; allowed keys here: {', '.join(allowed)}"
-        )
-    missing = [a.name for a in attrs.fields(cls) if a.default is attrs.NOTHING and a.name not in data]
-    if missing:
-        raise ConfigError(f"missing required key {_join(path, missing[0])!r}")
+    _check_keys(cls, data, path)
     try:
         return converter.structure(dict(data), cls)
     except cattrs.BaseValidationError as exc:
-        messages = cattrs.transform_error(exc, path="$")
+        messages = cattrs.transform_error(exc, path="$", format_exception=_format)
         first = messages[0] if messages else str(exc)
         msg, _, where = first.partition(" @ ")
-        key = where.replace("$.", "").replace("$", "").replace("['", ".").replace("']", "")
-        key = key.split(".")[0] if key else ""
-        value = data.get(key, "?") if key else data
-        raise ConfigError(f"invalid value {value!r} for {_join(path, key)!r}: {msg}") from None
+        keys = [k for k in where.replace("$", "").replace("['", ".").replace("']", "").split(".") if k]
+        field = _field_error(exc)
+        if field is not None:  # an attrs validator failed inside the class: point at its field
+            keys.append(field.field)
+        value: Any = data
+        for k in keys:
+            value = value.get(k, "?") if isinstance(value, Mapping) else "?"
+        raise ConfigError(f"invalid value {value!r} for {_join(path, '.'.join(keys))!r}: {msg}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid value at {path or 'recipe'!r}: {exc}") from None
+
+
+class FieldError(ValueError):
+    """A validator failure that knows its field name (for the key path in the message)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def _field_error(exc: BaseException) -> FieldError | None:
+    if isinstance(exc, FieldError):
+        return exc
+    for sub in getattr(exc, "exceptions", ()):
+        found = _field_error(sub)
+        if found is not None:
+            return found
+    return None
+
+
+def _format(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, ValueError) and str(exc):
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)
 
 
 def _join(path: str, key: str) -> str:
@@ -109,7 +144,7 @@ def one_of(*choices: str):
 
     def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         if value not in choices:
-            raise ValueError(f"{attribute.name} must be one of {list(choices)}, got {value!r}")
+            raise FieldError(attribute.name, f"must be one of {list(choices)}, got {value!r}")
 
     return check
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shutil
 import signal
@@ -163,7 +164,11 @@ def train(
     tc, oc = recipe.train, recipe.optim
     run_dir = Path(recipe.output_dir) / recipe.name
     ckpt_dir = run_dir / "checkpoints"
+    # Without CUDA, `accelerate launch --multi_gpu` starts the processes but Accelerate only joins
+    # them (gloo) when told to run on the CPU.
+    cpu_distributed = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
+        cpu=cpu_distributed,
         mixed_precision=tc.mixed_precision,
         gradient_accumulation_steps=tc.grad_accum,
         log_with="tensorboard",

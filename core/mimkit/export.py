@@ -1,0 +1,81 @@
+"""Export a model: the encoder for timm, or the whole model for :func:`mimkit.load`.
+
+* ``timm``: the ViT encoder's weights under timm's own key names (``encoder.vit.`` stripped)
+  as safetensors, loadable with ``timm.create_model(..., pretrained=True,
+  pretrained_cfg_overlay=dict(file=PATH), num_classes=0, <size kwargs>)``. The file also
+  carries ``mimkit_recipe`` and ``mimkit_content: encoder`` so mimkit can rebuild it.
+* ``full``: every tensor of the model (encoder, decoder, ...) with ``mimkit_recipe`` and
+  ``mimkit_content: full``; ``mimkit.load(file)`` restores it exactly, so pretraining or
+  evaluation can continue from one file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from . import checkpoint as ckpt
+from .config import dump
+from .errors import MimkitError
+from .evaluate import ENCODER_PREFIX, load_source, timm_kwargs, vit_encoder
+
+FORMATS = ("timm", "full")
+
+
+def timm_create_call(model: torch.nn.Module, path: str | os.PathLike) -> str:
+    """The exact ``timm.create_model`` call that loads a timm export of ``model``.
+
+    Size kwargs are needed because the tiny encoders differ from the named timm config;
+    ``num_classes=0`` because the file holds no head. The timm model's ``forward_features``
+    equals ours; its pooled output equals ``model.features(x, "cls")`` with the named model's
+    default ``global_pool='token'`` (no ``fc_norm``); with ``global_pool='avg'`` timm moves the
+    final norm into a fresh ``fc_norm``, so that path needs fine-tuning (or copying the norm).
+    """
+    enc = vit_encoder(model)
+    kw = ", ".join(f"{k}={v!r}" for k, v in timm_kwargs(enc).items())
+    return (f"timm.create_model({enc.config.model!r}, pretrained=True, "
+            f"pretrained_cfg_overlay=dict(file={str(path)!r}), num_classes=0, {kw})")
+
+
+def timm_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder's ViT weights with timm's keys: ``encoder.vit.blocks.0...`` -> ``blocks.0...``.
+    (A ``with_mask_token`` encoder's ``mask_token`` is not part of timm's ViT and is left out.)"""
+    vit_encoder(model)
+    state = ckpt.state_dict_for_save(model)
+    return {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+
+
+def export(
+    source: str | os.PathLike | torch.nn.Module,
+    out: str | os.PathLike,
+    format: str = "timm",
+) -> dict[str, Any]:
+    """Write ``source`` (a model with ``.recipe``, or anything :func:`mimkit.load` accepts) to
+    ``out`` in ``format``; returns {"path", "format", "num_tensors", "create_model"?}."""
+    if format not in FORMATS:
+        raise MimkitError(f"export format must be one of {FORMATS}, got {format!r}")
+    model = source if isinstance(source, torch.nn.Module) else load_source(source)
+    recipe = getattr(model, "recipe", None)
+    if recipe is None:
+        raise MimkitError("the model carries no recipe (.recipe); load it with mimkit.load or build it from a recipe")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise MimkitError(f"{out}: an export is a .safetensors file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"mimkit_recipe": dump(recipe), "mimkit_content": "encoder" if format == "timm" else "full",
+            "format": "pt"}
+    info: dict[str, Any] = {"path": str(out), "format": format}
+    if format == "timm":
+        state = timm_state(model)
+        info["create_model"] = timm_create_call(model, out)
+        meta["timm_create_model"] = info["create_model"]
+    else:
+        state = ckpt.state_dict_for_save(model)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, out)  # never a half-written export under the final name
+    info["num_tensors"] = len(state)
+    return info

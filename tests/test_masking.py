@@ -1,0 +1,73 @@
+"""The random masker and the Mask type: exact counts, reproducibility, index plumbing."""
+import pytest
+import torch
+
+import mimkit
+from mimkit import Mask
+from mimkit.components import BuildEnv
+from mimkit.components.masking import RandomMasker
+from mimkit.errors import ConfigError
+from mimkit.plugins import registry
+
+
+class _Enc:
+    num_patches = 196
+
+
+def masker(ratio=0.75):
+    return RandomMasker(RandomMasker.Config(ratio=ratio), BuildEnv(registry=None, encoder=_Enc()))
+
+
+def test_exact_kept_count_with_official_truncation():
+    for ratio, keep in [(0.75, 49), (0.9, 19), (0.6, 78), (0.0, 196)]:  # int(196 * (1 - r))
+        m = masker(ratio)(None, torch.rand(4, 196))
+        assert m.num_keep == keep == int(196 * (1 - ratio))
+        assert m.ids_keep.shape == (4, keep)
+        assert torch.all((~m.hidden).sum(1) == keep)
+
+
+def test_matches_official_recipe_for_given_noise():
+    noise = torch.rand(3, 196)
+    m = masker()(None, noise)
+    ids_shuffle = torch.argsort(noise, 1)
+    official = torch.ones(3, 196)
+    official[:, :49] = 0
+    official = torch.gather(official, 1, torch.argsort(ids_shuffle, 1))
+    assert torch.equal(m.hidden.float(), official)
+    assert torch.equal(m.ids_keep, ids_shuffle[:, :49])
+
+
+def test_per_sample_masks_differ_and_generator_reproduces():
+    mk = masker()
+    a = mk(None, mk.draw(8, torch.Generator().manual_seed(1), "cpu"))
+    b = mk(None, mk.draw(8, torch.Generator().manual_seed(1), "cpu"))
+    c = mk(None, mk.draw(8, torch.Generator().manual_seed(2), "cpu"))
+    assert torch.equal(a.hidden, b.hidden)
+    assert not torch.equal(a.hidden, c.hidden)
+    assert len({tuple(row.tolist()) for row in a.hidden}) == 8  # every sample has its own mask
+
+
+def test_ids_restore_inverts_the_shuffle():
+    m = masker()(None, torch.rand(5, 196))
+    x = torch.arange(196).expand(5, -1)
+    shuffled = torch.gather(x, 1, m.ids_shuffle)
+    assert torch.equal(torch.gather(shuffled, 1, m.ids_restore), x)
+    assert torch.all(m.hidden.gather(1, m.ids_hidden)) and not torch.any(m.hidden.gather(1, m.ids_keep))
+
+
+def test_from_hidden_orders_and_checks_counts():
+    hidden = torch.tensor([[1, 0, 1, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    m = Mask.from_hidden(hidden)
+    assert m.num_keep == 2
+    assert m.ids_keep.tolist() == [[1, 3], [0, 1]]
+    assert m.ids_hidden.tolist() == [[0, 2], [2, 3]]
+    with pytest.raises(ValueError, match="same number"):
+        Mask.from_hidden(torch.tensor([[1, 0, 0], [1, 1, 0]], dtype=torch.bool))
+
+
+def test_bad_ratio_is_a_clear_error():
+    with pytest.raises(ConfigError, match="model.masker"):
+        from mimkit.config import component
+
+        component("maskers", {"name": "random", "ratio": 1.5}, "model.masker", registry())
+    assert mimkit.HOOK_API_VERSION == 1
