@@ -33,5 +33,4 @@ def tiny_recipe(out: Path, name: str = "tiny", **train) -> dict:
 def subprocess_env() -> dict:
     env = dict(os.environ)
     env["PYTHONWARNINGS"] = "ignore"
-    env.setdefault("OMP_NUM_THREADS", "1")
     return env

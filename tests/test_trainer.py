@@ -1,0 +1,142 @@
+"""The trainer: exact resume, preemption, non-finite losses, two processes."""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mimkit
+from mimkit.trainer import NonFiniteLoss, lr_at
+from mimkit.config import OptimConfig
+
+from conftest import MIM, tiny_recipe
+
+pytest.importorskip("mimkit_mae")
+
+
+def weights(run: Path, step: int) -> dict:
+    return load_file(str(run / "checkpoints" / f"step_{step}" / "model.safetensors"))
+
+
+def optim_state(run: Path, step: int) -> dict:
+    return torch.load(run / "checkpoints" / f"step_{step}" / "optimizer.pt", weights_only=True)
+
+
+def assert_bitwise(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+    straight = mimkit.train(tiny_recipe(tmp_path, "straight"))
+    assert json.loads((straight / "result.json").read_text())["step"] == 16  # 2 epochs x 256 / 32
+    pieces = mimkit.train(tiny_recipe(tmp_path, "pieces", ckpt_every=4, keep_last=10))
+    for kill_at in (12, 8, 4):  # mid-epoch, epoch boundary, early
+        for p in (pieces / "checkpoints").iterdir():
+            if int(p.name.split("_")[1]) > kill_at:
+                shutil.rmtree(p)
+        mimkit.train(tiny_recipe(tmp_path, "pieces", ckpt_every=4, keep_last=10), resume=True)
+        assert_bitwise(weights(straight, 16), weights(pieces, 16))
+        sa, sb = optim_state(straight, 16), optim_state(pieces, 16)
+        for i in sa["state"]:
+            for k in sa["state"][i]:
+                assert torch.equal(sa["state"][i][k], sb["state"][i][k])
+    lines = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["loss"] < lines[0]["loss"]  # it learns
+    for f in ("recipe.yaml", "meta.json", "metrics.jsonl"):
+        assert (straight / f).is_file()
+    assert any((straight / "tensorboard").rglob("events.out.tfevents*"))
+    meta = json.loads((straight / "meta.json").read_text())
+    assert meta["seed"] == 0 and "torch" in meta["versions"] and "mae" in meta["versions"]
+
+
+def test_refuses_to_overwrite_a_run_without_flag(tmp_path):
+    mimkit.train(tiny_recipe(tmp_path, "once", epochs=0.25))
+    with pytest.raises(mimkit.MimkitError, match="--resume"):
+        mimkit.train(tiny_recipe(tmp_path, "once", epochs=0.25))
+
+
+def test_nonfinite_loss_stops_naming_step_and_terms_keeping_last_checkpoint(tmp_path, monkeypatch):
+    from mimkit.components.losses import MaskedMSE
+
+    calls = {"n": 0}
+    original = MaskedMSE.forward
+
+    def poisoned(self, outputs, batch, ctx=None):
+        calls["n"] += 1
+        value = original(self, outputs, batch, ctx)
+        return value * float("nan") if calls["n"] > 5 else value
+
+    monkeypatch.setattr(MaskedMSE, "forward", poisoned)
+    with pytest.raises(NonFiniteLoss, match=r"step 6 .*loss/rec=nan"):
+        mimkit.train(tiny_recipe(tmp_path, "nan", ckpt_every=4, log_every=2))
+    good = weights(tmp_path / "nan", 4)
+    assert all(torch.isfinite(v).all() for v in good.values())
+    assert not (tmp_path / "nan" / "checkpoints" / "step_6").exists()
+
+    calls["n"] = 0
+    run = mimkit.train(tiny_recipe(tmp_path, "skip", nonfinite="skip", epochs=1))
+    result = json.loads((run / "result.json").read_text())
+    assert result["skipped_steps"] == 3 and result["status"] == "finished"  # steps 6, 7, 8 skipped
+    assert all(torch.isfinite(v).all() for v in weights(run, 8).values())
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = OptimConfig(warmup_start_lr=0.0, min_lr=1e-5)
+    assert lr_at(0, 1e-3, cfg, 10, 110) == 0.0
+    assert lr_at(5, 1e-3, cfg, 10, 110) == pytest.approx(5e-4)
+    assert lr_at(10, 1e-3, cfg, 10, 110) == pytest.approx(1e-3)
+    assert lr_at(60, 1e-3, cfg, 10, 110) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)
+    assert lr_at(110, 1e-3, cfg, 10, 110) == pytest.approx(1e-5)
+
+
+def _write_recipe(path: Path, recipe: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_sigterm_saves_and_resume_continues_exactly(tmp_path, subprocess_env):
+    recipe = tiny_recipe(tmp_path, "term", epochs=4, ckpt_every=1000)
+    f = _write_recipe(tmp_path / "term.yaml", recipe)
+    proc = subprocess.Popen([*MIM, "train", str(f)], env=subprocess_env, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "term" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    result = json.loads((tmp_path / "term" / "result.json").read_text())
+    assert result["status"] == "preempted" and 4 <= result["step"] < 32
+    assert "--resume" in err
+    out = subprocess.run([*MIM, "train", str(f), "--resume"], env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    straight = mimkit.train(tiny_recipe(tmp_path, "term_straight", epochs=4, ckpt_every=1000))
+    assert_bitwise(weights(straight, 32), weights(tmp_path / "term", 32))
+
+
+def test_two_processes_match_one(tmp_path, subprocess_env):
+    one = mimkit.train(tiny_recipe(tmp_path, "one", epochs=1))
+    recipe = tiny_recipe(tmp_path, "two", epochs=1, batch_size=16)  # same global batch of 32
+    f = _write_recipe(tmp_path / "two.yaml", recipe)
+    accelerate = Path(sys.executable).parent / "accelerate"
+    out = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mimkit.cli", "train", str(f)],
+                         env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    two = tmp_path / "two"
+    assert json.loads((two / "meta.json").read_text())["world_size"] == 2
+    assert (two / "checkpoints" / "step_8" / "rng_rank1.safetensors").is_file()  # rank 1 really ran
+    l1 = [json.loads(x)["loss"] for x in (one / "metrics.jsonl").read_text().splitlines()]
+    l2 = [json.loads(x)["loss"] for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert len(l1) == len(l2) == 4
+    assert l1 == pytest.approx(l2, rel=1e-4)  # same samples, masks and global batch
