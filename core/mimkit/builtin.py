@@ -5,6 +5,7 @@ from __future__ import annotations
 from .components.losses import L1, Cosine, CrossEntropy, MaskedMSE
 from .components.masking import RandomMasker
 from .components.targets import PixelTarget
+from .components.teachers import EMATeacher, FrozenTeacher
 from .components.vit import ViTEncoder
 from .data import FashionMNIST, ImageFolder
 from .hookspecs import HOOK_API_VERSION, hookimpl
@@ -32,6 +33,11 @@ def mimkit_targets():
 @hookimpl
 def mimkit_losses():
     return {"masked_mse": MaskedMSE, "l1": L1, "cosine": Cosine, "cross_entropy": CrossEntropy}
+
+
+@hookimpl
+def mimkit_teachers():
+    return {"ema": EMATeacher, "frozen": FrozenTeacher}
 
 
 @hookimpl

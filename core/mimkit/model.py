@@ -105,6 +105,11 @@ class MaskedModel(nn.Module):
         out.loss = total
         return out
 
+    def set_schedule(self, total_steps: int, steps_per_epoch: int) -> None:
+        """Told by the trainer before the first step (EMA momentum schedules need it)."""
+        if self.teacher is not None and hasattr(self.teacher, "set_schedule"):
+            self.teacher.set_schedule(total_steps, steps_per_epoch)
+
     def on_step_end(self, step: int) -> None:
         if self.teacher is not None and hasattr(self.teacher, "on_step_end"):
             self.teacher.on_step_end(self, step)

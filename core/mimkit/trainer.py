@@ -215,6 +215,8 @@ def train(
     core = accelerator.unwrap_model(model)
     core = getattr(core, "_orig_mod", core)
 
+    if hasattr(core, "set_schedule"):
+        core.set_schedule(total_steps, steps_per_epoch)
     step, epoch, micro = 0, 0, 0
     if resume:
         last = ckpt.latest(ckpt_dir)
