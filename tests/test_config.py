@@ -10,6 +10,9 @@ from mimkit.errors import ConfigError
 def test_deep_merge_mappings_merge_lists_replace():
     out = deep_merge({"a": {"b": 1, "c": [1, 2]}, "d": 1}, {"a": {"c": [3]}, "e": 2})
     assert out == {"a": {"b": 1, "c": [3]}, "d": 1, "e": 2}
+    # naming another component replaces the mapping instead of merging foreign options into it
+    out = deep_merge({"data": {"name": "fashion_mnist", "split": "train"}}, {"data": {"name": "image_folder", "root": "x"}})
+    assert out == {"data": {"name": "image_folder", "root": "x"}}
 
 
 def test_preset_and_override():

@@ -15,6 +15,19 @@ from .errors import CheckpointError
 from .plugins import registry as get_registry
 
 
+ENCODER_PREFIX = "encoder.vit."
+
+
+class _Keys:
+    """A stand-in module whose state dict is a subset (for key checks of partial files)."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
+
+
 def build_model(recipe: Recipe, registry: Any = None) -> torch.nn.Module:
     """The model a resolved recipe describes (the composed ``masked`` model by default)."""
     reg = registry or get_registry()
@@ -79,8 +92,13 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> torch.n
         recipe = resolve(yaml.safe_load(meta["mimkit_recipe"]), overrides)
         model = build_model(recipe)
         state = ckpt.load_tensors(p)
-        strict = meta.get("mimkit_content", "full") == "full"
-        load_state(model, state, str(p), strict=strict)
+        if meta.get("mimkit_content", "full") == "encoder":  # a timm export: keys lack "encoder.vit."
+            state = {ENCODER_PREFIX + k: v for k, v in state.items()}
+            own = {k: v for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIX)}
+            ckpt.check_compatible(_Keys(own), state, str(p), strict=True)
+            model.load_state_dict(state, strict=False)
+        else:
+            load_state(model, state, str(p))
         model.recipe = recipe
         return model.eval()
     state = ckpt.load_torch(p)

@@ -214,10 +214,14 @@ class Recipe:
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key; lists and scalars in ``over`` replace."""
+    """Mappings merge key by key; lists and scalars in ``over`` replace. A component mapping
+    that names a different component (``name`` changes) replaces the old one whole, since
+    the old component's options mean nothing to the new one."""
     out = copy.deepcopy(dict(base))
     for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+        old = out.get(key)
+        renamed = isinstance(value, Mapping) and isinstance(old, Mapping) and "name" in value and value.get("name") != old.get("name")
+        if isinstance(value, Mapping) and isinstance(old, Mapping) and not renamed:
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

@@ -28,18 +28,15 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from . import checkpoint as ckpt
 from .api import build_model, load
-from .config import Recipe, component, dump, resolve
+from .config import Recipe, component, resolve
 from .data import SeededDataset, collate
 from .errors import CheckpointError, ConfigError, MimkitError
 from .plugins import registry as get_registry
 
-ENCODER_PREFIX = "encoder.vit."
 
 # ---------------------------------------------------------------------------------------------
 # Sources: what a protocol starts from
@@ -63,28 +60,6 @@ def load_source(source: str | os.PathLike, init: str = "pretrained", seed: int =
         if init == "pretrained":
             raise ConfigError(f"{p} is a recipe, not weights: pass --init random for a randomly initialized baseline")
         return _random_model(recipe, seed)
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(p), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("mimkit_content") == "encoder" and "mimkit_recipe" in meta:
-            recipe = resolve(yaml.safe_load(meta["mimkit_recipe"]))
-            if init == "random":
-                return _random_model(recipe, seed)
-            torch.manual_seed(seed)
-            model = build_model(recipe)
-            state = {ENCODER_PREFIX + k: v for k, v in ckpt.load_tensors(p).items()}
-            own = [k for k in model.state_dict() if k.startswith(ENCODER_PREFIX)]
-            missing = [k for k in own if k not in state]
-            unexpected = [k for k in state if k not in own]
-            if missing or unexpected:
-                raise CheckpointError(f"{p}: encoder keys do not fit the recipe's encoder: missing {missing[:5]}, "
-                                      f"unexpected {unexpected[:5]}")
-            ckpt.check_compatible(model, state, str(p), strict=False)
-            model.load_state_dict(state, strict=False)
-            model.recipe = recipe
-            return model.eval()
     model = load(p)
     if init == "random":
         return _random_model(model.recipe, seed)
@@ -202,12 +177,12 @@ def select_train(
         "train_pool": int(n),
         "num_train": int(len(indices)),
         "indices_sha256": indices_hash(indices),
-        "per_class": {int(c): int((labels[indices] == c).sum()) for c in np.unique(labels)},
+        "per_class": {str(int(c)): int((labels[indices] == c).sum()) for c in np.unique(labels)},
     }
     return Subset(train_ds, indices.tolist()), record
 
 
-def limit_test(test_ds: Dataset, limit: int | None) -> Dataset:
+def head_subset(test_ds: Dataset, limit: int | None) -> Dataset:
     """The first ``limit`` items of the test set (all when None)."""
     if limit is None or limit >= len(test_ds):
         return test_ds
@@ -439,7 +414,7 @@ def _features_for(source, init, seed, pool, labels_fraction, split_seed, limit_t
     model = load_source(source, init=init, seed=seed)
     train_ds, test_ds = eval_datasets(model.recipe, val_root)
     train_sub, split = select_train(train_ds, labels_fraction, split_seed, limit_train)
-    test_sub = limit_test(test_ds, limit_test_n)
+    test_sub = head_subset(test_ds, limit_test_n)
     accelerator = _accelerator()
     tr_f, tr_y = extract_features(model, train_sub, pool, batch_size, accelerator)
     te_f, te_y = extract_features(model, test_sub, pool, batch_size, accelerator)
@@ -591,7 +566,7 @@ def finetune(
     model = load_source(source, init=init, seed=seed)
     train_ds, test_ds = eval_datasets(model.recipe, val_root, train_augment=augment)
     train_sub, split = select_train(train_ds, labels_fraction, split_seed, limit_train)
-    test_sub = limit_test(test_ds, limit_test)
+    test_sub = head_subset(test_ds, limit_test)
     c = _num_classes(train_ds, test_ds)
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))  # Mixup draws its lambdas from NumPy

@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from . import checkpoint as ckpt
 from .config import dump
 from .errors import MimkitError
-from .evaluate import ENCODER_PREFIX, load_source, timm_kwargs, vit_encoder
+from .api import ENCODER_PREFIX
+from .evaluate import load_source, timm_kwargs, vit_encoder
 
 FORMATS = ("timm", "full")
 

@@ -54,7 +54,7 @@ class Registry:
         """The component ``name`` of ``kind``; an unknown name is a ConfigError listing the
         registered names and which plugin provides each."""
         table = self.components[kind]
-        if name not in table:
+        if not isinstance(name, str) or name not in table:
             options = ", ".join(f"{n} ({self.providers[kind][n]})" for n in sorted(table)) or "none"
             at = f" at {where}" if where else ""
             raise ConfigError(f"unknown {kind[:-1]} {name!r}{at}; registered: {options}")
