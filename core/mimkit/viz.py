@@ -62,7 +62,7 @@ class ReconstructionGrid:
         cols = [unpatchify(t, patch, grid, c) for t in (orig, masked, pred, pasted)]
         m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        cols = [(t.cpu() * s + m).clamp(0, 1) for t in cols]
+        cols = [torch.nan_to_num((t.cpu() * s + m).clamp(0, 1), nan=0.5) for t in cols]  # hidden = gray
         plt = _plt()
         n = x.shape[0]
         names = ["original", f"masked ({mask.hidden.float().mean():.0%} hidden)", "prediction", "reconstruction + visible"]
