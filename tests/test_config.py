@@ -68,3 +68,26 @@ def test_missing_data_path_is_named(tmp_path):
     r = resolve({"data": {"name": "image_folder", "root": str(tmp_path / "missing")}})
     with pytest.raises(DataError, match="missing"):
         build_dataset(r)
+
+
+def test_fashion_mnist_from_a_torchvision_layout(tmp_path):
+    import gzip
+
+    import numpy as np
+
+    from mimkit.api import build_dataset
+
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    header = np.array([2051, 3, 28, 28], dtype=">i4").tobytes()
+    (raw / "t10k-images-idx3-ubyte").write_bytes(header + images.tobytes())  # uncompressed works too
+    with gzip.open(raw / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(np.array([2049, 3], dtype=">i4").tobytes() + bytes([7, 1, 9]))
+    ds = build_dataset(resolve({"data": {"name": "fashion_mnist", "root": str(tmp_path), "split": "test",
+                                         "augment": False}}))
+    assert len(ds) == 3 and [ds[i]["label"] for i in range(3)] == [7, 1, 9]
+    x = ds[1]["image"]  # padded to 32x32, normalized
+    assert x.shape == (1, 32, 32)
+    pixel = x[0, 2 + 5, 2 + 6] * 0.3530 + 0.2860
+    assert pixel.item() == pytest.approx(images[1, 5, 6] / 255, abs=1e-5)

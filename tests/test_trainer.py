@@ -140,3 +140,21 @@ def test_two_processes_match_one(tmp_path, subprocess_env):
     l2 = [json.loads(x)["loss"] for x in (two / "metrics.jsonl").read_text().splitlines()]
     assert len(l1) == len(l2) == 4
     assert l1 == pytest.approx(l2, rel=1e-4)  # same samples, masks and global batch
+
+
+def test_gradient_accumulation_matches_the_large_batch(tmp_path):
+    big = mimkit.train(tiny_recipe(tmp_path, "big", epochs=1))
+    acc = mimkit.train(tiny_recipe(tmp_path, "acc", epochs=1, batch_size=16, grad_accum=2))
+    lb = [json.loads(x)["loss"] for x in (big / "metrics.jsonl").read_text().splitlines()]
+    la = [json.loads(x)["loss"] for x in (acc / "metrics.jsonl").read_text().splitlines()]
+    assert len(lb) == len(la) == 4 and lb == pytest.approx(la, rel=1e-4)
+    wb, wa = weights(big, 8), weights(acc, 8)
+    assert max((wb[k] - wa[k]).abs().max().item() for k in wb) < 1e-4
+
+
+def test_bf16_autocast_trains_close_to_fp32(tmp_path):
+    fp32 = mimkit.train(tiny_recipe(tmp_path, "fp32", epochs=1))
+    bf16 = mimkit.train(tiny_recipe(tmp_path, "bf16", epochs=1, mixed_precision="bf16"))
+    l32 = [json.loads(x)["loss"] for x in (fp32 / "metrics.jsonl").read_text().splitlines()]
+    l16 = [json.loads(x)["loss"] for x in (bf16 / "metrics.jsonl").read_text().splitlines()]
+    assert l16[-1] < l16[0] and l16 == pytest.approx(l32, rel=0.03)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -166,7 +167,11 @@ def train(
     ckpt_dir = run_dir / "checkpoints"
     # Without CUDA, `accelerate launch --multi_gpu` starts the processes but Accelerate only joins
     # them (gloo) when told to run on the CPU.
-    cpu_distributed = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cpu_distributed = distributed and not torch.cuda.is_available()
+    if not distributed:  # Accelerate's state is a process singleton: let notebooks train twice
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
     accelerator = Accelerator(
         cpu=cpu_distributed,
         mixed_precision=tc.mixed_precision,
