@@ -192,6 +192,9 @@ class TrainConfig:
     deterministic: bool = True
     visualize: bool = True
     progress: bool = True
+    knn_every: int | None = None  # online k-NN probe every N steps (main process, held-out subset)
+    knn_train: int = 2000  # bank: the first N un-augmented training items
+    knn_test: int = 1000  # queries: the first N items of eval_data
 
 
 @attrs.define(kw_only=True)

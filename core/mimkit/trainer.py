@@ -293,6 +293,8 @@ def train(
                 "Lower the lr, enable train.clip_grad / bf16, or set train.nonfinite=skip"
             )
 
+    probe = _OnlineKNN(recipe, accelerator) if tc.knn_every and main else None
+
     status = "finished"
     lr = set_schedule(step)
     with _Stop() as stop:
@@ -348,6 +350,13 @@ def train(
                         bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.2e}")
                     accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=step)
                     sums, count, t_log, seen_log = {}, 0, time.perf_counter(), 0
+                if tc.knn_every and step % tc.knn_every == 0:
+                    if probe is not None:
+                        top1 = probe(core)
+                        with open(metrics_file, "a") as f:
+                            f.write(json.dumps({"step": step, "knn_top1": top1}) + "\n")
+                        accelerator.log({"knn_top1": top1}, step=step)
+                    accelerator.wait_for_everyone()
                 if micro >= micro_per_epoch:
                     epoch, micro = epoch + 1, 0
                     core.on_epoch_end(epoch)
@@ -375,6 +384,40 @@ def train(
         if tc.visualize and status == "finished":
             _pictures(core, recipe, run_dir)
     return run_dir
+
+
+class _OnlineKNN:
+    """Weighted k-NN (k=20, T=0.07) of [CLS] features: a bank of un-augmented training items
+    against held-out queries, to watch representations improve during pretraining."""
+
+    def __init__(self, recipe: Recipe, accelerator: Accelerator):
+        from torch.utils.data import Subset
+
+        train = build_dataset(recipe, train=False)
+        test = build_dataset(recipe, train=False, eval_split=True)
+        self.bank = Subset(train, range(min(recipe.train.knn_train, len(train))))
+        self.queries = Subset(test, range(min(recipe.train.knn_test, len(test))))
+        self.device = accelerator.device
+
+    @torch.no_grad()
+    def _features(self, model: torch.nn.Module, ds) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, labels = [], []
+        for batch in DataLoader(ds, batch_size=256, collate_fn=collate):
+            feats.append(model.features(batch["image"].to(self.device)).float().cpu())
+            labels.append(batch["label"])
+        return torch.cat(feats), torch.cat(labels)
+
+    def __call__(self, model: torch.nn.Module) -> float:
+        from .evaluate import knn_predict
+
+        was_training = model.training
+        model.eval()
+        bank_f, bank_y = self._features(model, self.bank)
+        q_f, q_y = self._features(model, self.queries)
+        model.train(was_training)
+        classes = int(max(bank_y.max(), q_y.max())) + 1
+        scores = knn_predict(bank_f, bank_y, q_f, classes)
+        return float((scores.argmax(1) == q_y).float().mean())
 
 
 def _pictures(model: torch.nn.Module, recipe: Recipe, run_dir: Path) -> None:

@@ -89,12 +89,18 @@ class ReconstructionGrid:
 
 def loss_curve(metrics_file: str | Path, path: str | Path, title: str = "") -> Path | None:
     """Plot every logged loss term of ``metrics.jsonl`` against the step."""
-    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "loss" in r]
+    all_rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    rows = [r for r in all_rows if "loss" in r]
+    knn = [(r["step"], r["knn_top1"]) for r in all_rows if "knn_top1" in r]
     if not rows:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    if knn:  # the online k-NN probe on a second axis
+        ax2 = ax.twinx()
+        ax2.plot([k[0] for k in knn], [k[1] for k in knn], "o-", color="tab:green", lw=1, ms=3, label="k-NN top-1")
+        ax2.set_ylabel("online k-NN top-1", color="tab:green")
+        ax2.set_ylim(0, 1)
     keys = ["loss"] + sorted({k for r in rows for k in r if k.startswith("loss/")})
     for k in keys:
         pts = [(r["step"], r[k]) for r in rows if k in r]
