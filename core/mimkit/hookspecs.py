@@ -88,7 +88,11 @@ def mimkit_teachers() -> Mapping[str, type]:
 @hookspec
 def mimkit_models() -> Mapping[str, type]:
     """Register whole-method models for flows the composed masked model does not cover
-    (iGPT, FLIP, TTT). Protocol: ``forward(batch, ctx) -> Outputs`` with ``loss`` set."""
+    (iGPT, FLIP, TTT, CMAE). Protocol: ``cls(config, env)``; ``forward(batch, ctx) -> Outputs``
+    with ``loss`` and ``losses`` set. Optional: ``set_schedule(total_steps, steps_per_epoch)``,
+    ``on_step_end(step)``, ``on_epoch_end(epoch)`` (called by the trainer when defined),
+    ``masker.sample_noise`` (per-sample mask randomness drawn in the loader), ``input_key``,
+    ``encoder`` and ``features(x)`` for evaluation."""
 
 
 @hookspec

@@ -330,7 +330,8 @@ def train(
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
-                core.on_step_end(step)
+                if hasattr(core, "on_step_end"):
+                    core.on_step_end(step)
                 lr = set_schedule(step)
                 seen_log += eff_batch
                 bar.update(1)
@@ -359,7 +360,8 @@ def train(
                     accelerator.wait_for_everyone()
                 if micro >= micro_per_epoch:
                     epoch, micro = epoch + 1, 0
-                    core.on_epoch_end(epoch)
+                    if hasattr(core, "on_epoch_end"):
+                        core.on_epoch_end(epoch)
                     if bad_files and main:
                         accelerator.print(f"epoch {epoch}: skipped {bad_files} unreadable files so far")
                 stop_now = stop.flag

@@ -38,8 +38,10 @@ def cls_attention(block: nn.Module, x: torch.Tensor, num_prefix: int = 1) -> tor
     return scores.softmax(-1)[:, :, 0, num_prefix:].mean(1)  # (B, N)
 
 
-def encoder_outputs(encoder: nn.Module, x: torch.Tensor, want_attention: bool = True) -> dict[str, torch.Tensor]:
-    """Run a ViT encoder on whole inputs; return its latent and last-layer CLS attention."""
+def encoder_outputs(encoder: nn.Module, x: torch.Tensor, want_attention: bool = True,
+                    final_norm: bool = True) -> dict[str, torch.Tensor]:
+    """Run a ViT encoder on whole inputs; return its latent (after the final norm unless
+    ``final_norm`` is off, as CMAE's momentum encoder) and last-layer CLS attention."""
     tokens = encoder.embed(x, None)
     blocks = encoder.vit.blocks
     for blk in blocks[:-1]:
@@ -47,7 +49,8 @@ def encoder_outputs(encoder: nn.Module, x: torch.Tensor, want_attention: bool = 
     out: dict[str, torch.Tensor] = {}
     if want_attention and encoder.num_prefix_tokens:
         out["teacher_cls_attn"] = cls_attention(blocks[-1], tokens, encoder.num_prefix_tokens)
-    out["teacher_latent"] = encoder.vit.norm(blocks[-1](tokens))
+    last = blocks[-1](tokens)
+    out["teacher_latent"] = encoder.vit.norm(last) if final_norm else last
     return out
 
 
@@ -69,6 +72,7 @@ class EMATeacher(nn.Module):
         every: str = attrs.field(default="step", validator=one_of("step", "epoch"))
         input_key: str = "image"
         attention: bool = True
+        final_norm: bool = True
 
     def __init__(self, config: "EMATeacher.Config", env: BuildEnv, student: nn.Module):
         super().__init__()
@@ -139,7 +143,8 @@ class EMATeacher(nn.Module):
     @torch.no_grad()
     def forward(self, batch: dict, ctx: Context | None = None) -> dict[str, torch.Tensor]:
         self.encoder.eval()
-        return encoder_outputs(self.encoder, batch[self.config.input_key], self.config.attention)
+        return encoder_outputs(self.encoder, batch[self.config.input_key], self.config.attention,
+                               self.config.final_norm)
 
 
 class FrozenTeacher(nn.Module):
@@ -150,6 +155,7 @@ class FrozenTeacher(nn.Module):
         path: str
         input_key: str = "image"
         attention: bool = True
+        final_norm: bool = True
 
     def __init__(self, config: "FrozenTeacher.Config", env: BuildEnv, student: nn.Module | None = None):
         super().__init__()
@@ -166,4 +172,5 @@ class FrozenTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, batch: dict, ctx: Context | None = None) -> dict[str, torch.Tensor]:
         self.encoder.eval()
-        return encoder_outputs(self.encoder, batch[self.config.input_key], self.config.attention)
+        return encoder_outputs(self.encoder, batch[self.config.input_key], self.config.attention,
+                               self.config.final_norm)

@@ -1,0 +1,261 @@
+"""The distillation objective AttMask was published with: iBOT (Zhou et al., ICLR 2022).
+
+    views v in {global crop 1, global crop 2}  (B, C, H, W) each
+    teacher (EMA of encoder + head, core ``ema`` teacher) on every unmasked view
+        -> teacher_cls_attn (B, N) -> attention_guided masker -> mask_v (B, N)
+        -> head(teacher_latent) -> CLS logits (B, K), patch logits (B, N, K)
+    student: encoder (mode with_mask_token) on the masked view -> head -> same shapes
+    loss = l1 * mean_{q != v} CE(teacher_cls[q], student_cls[v])          (DINO [CLS] term)
+         + l2 * mean_v  masked-mean_tokens CE(teacher_patch[v], student_patch[v])  (MIM term)
+    teacher distributions are centered (EMA center, momentum 0.9) and sharpened (temperature
+    warmed up 0.04 -> 0.07 over 30 epochs); the student temperature is 0.1.
+
+Deviation: multi-crop is reduced to the 2 global crops (no 10 local crops) — the local crops
+only add [CLS] terms and cost most of the compute; with a single view (no ``image_target``)
+the [CLS] term compares the view with itself.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from mimkit.components import BuildEnv
+from mimkit.config import component
+from mimkit.errors import ConfigError
+from mimkit.types import Context, Mask, Outputs
+
+
+class IBOTHead(nn.Module):
+    """iBOT's projection head, shared by [CLS] and patch tokens.
+
+    (…, D) -> MLP (``nlayers`` linear layers, GELU) -> (…, bottleneck) -> L2-normalize
+    -> weight-normalized linear (no bias) -> (…, K) prototypes logits. With
+    ``norm_last_layer`` the weight-norm gain is fixed to 1 (the official default).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 nlayers: int = 3, norm_last_layer: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = []
+        dims = [in_dim] + [hidden_dim] * (max(1, nlayers) - 1) + [bottleneck_dim]
+        for i, (a, b) in enumerate(zip(dims, dims[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(dims) - 2:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        # weight norm written out: W = g * V / ||V|| per prototype (row)
+        v = torch.empty(out_dim, bottleneck_dim)
+        nn.init.trunc_normal_(v, std=0.02)
+        self.last_v = nn.Parameter(v)  # (K, bottleneck)
+        self.last_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)  # (K, 1)
+        self.freeze_last = False  # set by the model during the first epoch(s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(self.mlp(x), dim=-1, eps=1e-12)  # (…, bottleneck)
+        v, g = self.last_v, self.last_g
+        if self.freeze_last:  # no gradient at all: the optimizer skips it (official: grad = None)
+            v, g = v.detach(), g.detach()
+        w = g * F.normalize(v, dim=-1)  # (K, bottleneck)
+        return x @ w.t()  # (…, K)
+
+
+def teacher_temp_at(epoch: float, start: float, end: float, warmup_epochs: float) -> float:
+    """Linear warm-up from ``start`` to ``end`` over ``warmup_epochs``, then constant."""
+    if warmup_epochs <= 0 or epoch >= warmup_epochs:
+        return end
+    return start + (end - start) * epoch / warmup_epochs
+
+
+class IBOTLoss(nn.Module):
+    """iBOT's loss with its two EMA centers (buffers, so they are checkpointed)."""
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, teacher_temp: float = 0.07,
+                 warmup_teacher_temp: float = 0.04, warmup_epochs: float = 30.0,
+                 patch_teacher_temp: float = 0.07, warmup_patch_teacher_temp: float = 0.04,
+                 center_momentum: float = 0.9, lambda1: float = 1.0, lambda2: float = 1.0):
+        super().__init__()
+        self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.cls_temp = (warmup_teacher_temp, teacher_temp)
+        self.patch_temp = (warmup_patch_teacher_temp, patch_teacher_temp)
+        self.warmup_epochs, self.lambda1, self.lambda2 = warmup_epochs, lambda1, lambda2
+        self.register_buffer("center", torch.zeros(1, out_dim))  # (1, K) [CLS]
+        self.register_buffer("center2", torch.zeros(1, 1, out_dim))  # (1, 1, K) patches
+
+    def temperatures(self, epoch: float) -> tuple[float, float]:
+        return (teacher_temp_at(epoch, *self.cls_temp, self.warmup_epochs),
+                teacher_temp_at(epoch, *self.patch_temp, self.warmup_epochs))
+
+    def teacher_probs(self, t_cls: torch.Tensor, t_patch: torch.Tensor, epoch: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Center and sharpen: softmax((logits - center) / T_teacher)."""
+        tc, tp = self.temperatures(epoch)
+        return F.softmax((t_cls - self.center) / tc, dim=-1), F.softmax((t_patch - self.center2) / tp, dim=-1)
+
+    def forward(self, s_cls: list[torch.Tensor], s_patch: list[torch.Tensor], t_cls: list[torch.Tensor],
+                t_patch: list[torch.Tensor], hidden: list[torch.Tensor], epoch: float) -> dict[str, torch.Tensor]:
+        """Per view: s_cls/t_cls (B, K), s_patch/t_patch (B, N, K), hidden (B, N) bool."""
+        probs = [self.teacher_probs(c, p, epoch) for c, p in zip(t_cls, t_patch)]
+        total1 = total2 = None
+        n1 = n2 = 0
+        views = len(s_cls)
+        for q in range(views):
+            tq_cls, tq_patch = probs[q]
+            for v in range(views):
+                if v == q:  # masked-token (MIM) term on the same view
+                    ce = torch.sum(-tq_patch * F.log_softmax(s_patch[v] / self.student_temp, dim=-1), dim=-1)  # (B, N)
+                    m = hidden[v].float()
+                    term = (torch.sum(ce * m, dim=-1) / m.sum(-1).clamp(min=1.0)).mean()
+                    total2 = term if total2 is None else total2 + term
+                    n2 += 1
+                if v != q or views == 1:  # [CLS] term across views
+                    ce = torch.sum(-tq_cls * F.log_softmax(s_cls[v] / self.student_temp, dim=-1), dim=-1)  # (B,)
+                    total1 = ce.mean() if total1 is None else total1 + ce.mean()
+                    n1 += 1
+        self.update_center(torch.cat(t_cls), torch.cat(t_patch))
+        return {"cls": total1 / n1 * self.lambda1, "patch": total2 / n2 * self.lambda2}
+
+    @torch.no_grad()
+    def update_center(self, t_cls: torch.Tensor, t_patch: torch.Tensor) -> None:
+        """center <- m * center + (1 - m) * batch mean of the teacher logits (all processes)."""
+        cls_sum = t_cls.float().sum(0, keepdim=True)  # (1, K)
+        patch_sum = t_patch.float().mean(1).sum(0, keepdim=True).unsqueeze(1)  # (1, 1, K)
+        count = torch.tensor(float(t_cls.shape[0]), device=t_cls.device)
+        if dist.is_available() and dist.is_initialized():
+            for t in (cls_sum, patch_sum, count):
+                dist.all_reduce(t)
+        m = self.center_momentum
+        self.center.mul_(m).add_(cls_sum / count, alpha=1 - m)
+        self.center2.mul_(m).add_(patch_sum / count, alpha=1 - m)
+
+
+class _ViewMasker(nn.Module):
+    """The masker, with noise for every view drawn at once in the loader: (V * M,)."""
+
+    def __init__(self, masker: nn.Module, views: int):
+        super().__init__()
+        self.inner, self.views = masker, views
+        self.num_tokens = masker.num_tokens
+
+    def sample_noise(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.cat([self.inner.sample_noise(generator) for _ in range(self.views)])  # (V * M,)
+
+    def split(self, noise: torch.Tensor) -> list[torch.Tensor]:
+        return list(noise.chunk(self.views, dim=1))  # V x (B, M)
+
+
+class IBOTModel(nn.Module):
+    """iBOT self-distillation with a pluggable masker (AttMask: ``attention_guided``).
+
+    Built from the registry: ``encoder`` (mode with_mask_token), ``masker``, and the core
+    ``ema`` teacher copying the encoder and the head (``copy: [encoder, head]``).
+    """
+
+    @attrs.define(kw_only=True)
+    class Config:
+        encoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "vit", "mode": "with_mask_token"})
+        masker: dict[str, Any] = attrs.field(factory=lambda: {"name": "attention_guided"})
+        teacher: dict[str, Any] = attrs.field(factory=lambda: {
+            "name": "ema", "copy": ["encoder", "head"], "momentum": 0.996, "momentum_end": 1.0,
+            "schedule": "cosine", "every": "step"})
+        views: list[str] = attrs.field(factory=lambda: ["image", "image_target"])
+        out_dim: int = 8192
+        hidden_dim: int = 2048
+        bottleneck_dim: int = 256
+        head_layers: int = 3
+        norm_last_layer: bool = True
+        freeze_last_layer_epochs: float = 1.0
+        student_temp: float = 0.1
+        teacher_temp: float = 0.07
+        warmup_teacher_temp: float = 0.04
+        patch_teacher_temp: float = 0.07
+        warmup_patch_teacher_temp: float = 0.04
+        warmup_teacher_temp_epochs: float = 30.0
+        center_momentum: float = 0.9
+        lambda1: float = 1.0
+        lambda2: float = 1.0
+
+    def __init__(self, config: "IBOTModel.Config", env: BuildEnv):
+        super().__init__()
+        self.config = config
+        reg = env.registry
+        cls, cfg = component("encoders", config.encoder, "model.encoder", reg)
+        self.encoder = cls(cfg, env)
+        env.encoder = self.encoder
+        if getattr(getattr(self.encoder, "config", None), "mode", "with_mask_token") != "with_mask_token":
+            raise ConfigError("model.encoder.mode: iBOT/AttMask replaces hidden tokens by a mask token; use with_mask_token")
+        self.head = IBOTHead(self.encoder.embed_dim, config.out_dim, config.hidden_dim, config.bottleneck_dim,
+                             config.head_layers, config.norm_last_layer)
+        cls, cfg = component("maskers", config.masker, "model.masker", reg)
+        self.masker = _ViewMasker(cls(cfg, env), len(config.views))
+        self.ibot_loss = IBOTLoss(config.out_dim, config.student_temp, config.teacher_temp, config.warmup_teacher_temp,
+                                  config.warmup_teacher_temp_epochs, config.patch_teacher_temp,
+                                  config.warmup_patch_teacher_temp, config.center_momentum, config.lambda1, config.lambda2)
+        cls, cfg = component("teachers", config.teacher, "model.teacher", reg)
+        self.teacher = cls(cfg, env, student=self)
+        if "head" not in getattr(self.teacher, "paths", ["head"]):
+            raise ConfigError("model.teacher.copy: the iBOT teacher must copy the head too: [encoder, head]")
+        self.steps_per_epoch = 1
+
+    def _teacher_head(self) -> nn.Module:
+        return self.teacher.copies["head"]
+
+    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
+        ctx = ctx if ctx is not None else Context()
+        views = [batch[k] for k in self.config.views if k in batch]  # V x (B, C, H, W)
+        if not views:
+            raise KeyError(f"iBOT needs at least one of the views {self.config.views} in the batch")
+        b = views[0].shape[0]
+        if noise is None:
+            noise = batch.get("mask_noise")
+        if noise is None:
+            noise = torch.stack([self.masker.sample_noise(ctx.generator or torch.Generator().manual_seed(torch.seed() % 2**63))
+                                 for _ in range(b)])
+        noise = noise.to(views[0].device)
+        noises = self.masker.split(noise)
+        epoch = ctx.epoch + (ctx.step % self.steps_per_epoch) / self.steps_per_epoch if self.steps_per_epoch > 1 else float(ctx.epoch)
+        self.head.freeze_last = self.training and epoch < self.config.freeze_last_layer_epochs
+        in_key = getattr(self.teacher.config, "input_key", "image")
+        s_cls, s_patch, t_cls, t_patch, hidden, masks = [], [], [], [], [], []
+        latent0 = None
+        for i, x in enumerate(views):
+            with torch.no_grad():
+                t_out = self.teacher({in_key: x}, ctx)  # teacher_latent (B, 1+N, D), teacher_cls_attn (B, N)
+                t_logits = self._teacher_head()(t_out["teacher_latent"])  # (B, 1+N, K)
+            ctx.teacher = t_out
+            mask: Mask = self.masker.inner(batch, noises[i], ctx)
+            latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1+N, D)
+            logits = self.head(latent)  # (B, 1+N, K)
+            s_cls.append(logits[:, 0]); s_patch.append(logits[:, 1:])
+            t_cls.append(t_logits[:, 0]); t_patch.append(t_logits[:, 1:])
+            hidden.append(mask.hidden); masks.append(mask)
+            if latent0 is None:
+                latent0 = latent
+        terms = self.ibot_loss(s_cls, s_patch, t_cls, t_patch, hidden, epoch)
+        out = Outputs(mask=masks[0], latent=latent0, losses=terms)
+        out.loss = terms["cls"] + terms["patch"]
+        out.extra.update(ctx.teacher)
+        out.extra["masks"] = masks
+        return out
+
+    def set_schedule(self, total_steps: int, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.teacher.set_schedule(total_steps, steps_per_epoch)
+
+    def on_step_end(self, step: int) -> None:
+        self.teacher.on_step_end(self, step)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.teacher.on_epoch_end(self, epoch)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """Frozen features for evaluation (B, D): the student encoder on whole inputs."""
+        return self.encoder.pool(self.encoder.forward_features(x), pool)

@@ -1,0 +1,6 @@
+"""Contrastive masked modeling for mimkit: the InfoNCE loss, two-view data, CMAE and MACRL."""
+from .infonce import MLP, InfoNCE, MLPConfig, gather_with_grad, info_nce, pool_tokens
+from .models import CMAE, MACRL
+from .views import TwoViews
+
+__all__ = ["CMAE", "MACRL", "MLP", "InfoNCE", "MLPConfig", "TwoViews", "gather_with_grad", "info_nce", "pool_tokens"]

@@ -1,0 +1,240 @@
+"""Whole-method models: CMAE (Huang et al., TPAMI 2023) and MACRL (Yao et al., 2022).
+
+Both are compositions of registered components (the ``vit`` encoder, ``random`` masker,
+``pixels`` target, MAE's ``mae`` decoder, the core ``ema`` teacher) plus the ``infonce`` loss;
+they are models rather than MaskedModel recipes because their flow has two branches:
+
+CMAE (one step):
+    online:  image (B, C, H, W) -> random mask 0.65 -> visible-only encoder -> latent (B, 1+K, D)
+             -> mae pixel decoder -> pred (B, N, p*p*C) ; MSE on hidden patches (norm_pix)
+             -> feature decoder (mae decoder, 2 blocks, out D) -> mean over N -> projector -> predictor -> q
+    target:  image_target (shifted, color-augmented) -> EMA encoder (full view)
+             -> mean of patch tokens -> EMA projector -> k
+    loss = w_pix * MSE + w_nce * InfoNCE(q, k) (tau 0.07, one direction, x 2 tau, gathered keys)
+
+MACRL (one step), branches A (strong view ``image``, high ratio) and B (weak view
+``image_target``, low ratio), one shared encoder, one decoder per branch:
+    x_b -> random mask r_b -> encoder -> latent_b -> decoder_b -> L1 on hidden patches
+    InfoNCE(projector(pool(latent_A)), projector(pool(latent_B))), symmetric, both with gradient,
+    optional memory bank of past B-keys.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from mimkit.components import BuildEnv
+from mimkit.config import component, one_of
+from mimkit.errors import ConfigError
+from mimkit.geometry import gather_tokens
+from mimkit.types import Context, Mask, Outputs
+
+from .infonce import MLP, MLPConfig, pool_tokens
+
+
+def _hidden_mean(per_token: torch.Tensor, mask: Mask) -> torch.Tensor:
+    """(B, N) per-token loss -> mean over hidden tokens (MAE's sum(l * m) / sum(m))."""
+    m = mask.hidden.float()
+    return (per_token * m).sum() / m.sum().clamp(min=1.0)
+
+
+def _noise(model: nn.Module, batch: dict, ctx: Context, noise: torch.Tensor | None, b: int, device: torch.device) -> torch.Tensor:
+    if noise is None:
+        noise = batch.get("mask_noise")
+    if noise is None:
+        g = ctx.generator or torch.Generator().manual_seed(torch.seed() % 2**63)
+        noise = torch.stack([model.masker.sample_noise(g) for _ in range(b)])
+    return noise.to(device)
+
+
+class _PairMasker(nn.Module):
+    """Two maskers whose per-sample noise is drawn together in the loader: (M_a + M_b,)."""
+
+    def __init__(self, a: nn.Module, b: nn.Module):
+        super().__init__()
+        self.a, self.b = a, b
+        self.num_tokens = a.num_tokens
+
+    def sample_noise(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.cat([self.a.sample_noise(generator), self.b.sample_noise(generator)])
+
+    def split(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n_a = self.a.sample_noise(torch.Generator().manual_seed(0)).numel()
+        return noise[:, :n_a], noise[:, n_a:]
+
+
+class CMAE(nn.Module):
+    """Contrastive Masked Autoencoder: MAE + a feature decoder contrasted with an EMA target."""
+
+    @attrs.define(kw_only=True)
+    class Config:
+        encoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "vit", "mode": "visible_only"})
+        masker: dict[str, Any] = attrs.field(factory=lambda: {"name": "random", "ratio": 0.65})
+        target: dict[str, Any] = attrs.field(factory=lambda: {"name": "pixels", "norm": "patch"})
+        decoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "mae", "embed_dim": 512, "depth": 8, "num_heads": 16})
+        feature_decoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "mae", "embed_dim": 512, "depth": 2, "num_heads": 16})
+        projector: MLPConfig = attrs.field(factory=lambda: MLPConfig(hidden_dim=1536, out_dim=256, layers=2))
+        predictor: MLPConfig = attrs.field(factory=lambda: MLPConfig(hidden_dim=1536, out_dim=256, layers=2))
+        teacher: dict[str, Any] = attrs.field(factory=lambda: {
+            "name": "ema", "copy": ["encoder", "projector"], "input_key": "image_target",
+            "momentum": 0.996, "momentum_end": 0.996, "schedule": "constant", "attention": False})
+        infonce: dict[str, Any] = attrs.field(factory=lambda: {
+            "temperature": 0.07, "symmetric": False, "scale_2tau": True, "gather": True})
+        pix_weight: float = 1.0
+        nce_weight: float = 1.0
+        input_key: str = "image"
+
+    def __init__(self, config: "CMAE.Config", env: BuildEnv):
+        super().__init__()
+        self.config = config
+        reg = env.registry
+        cls, cfg = component("encoders", config.encoder, "model.encoder", reg)
+        self.encoder = cls(cfg, env)
+        env.encoder = self.encoder
+        cls, cfg = component("targets", config.target, "model.target", reg)
+        self.target = cls(cfg, env)
+        env.target_dim = getattr(self.target, "dim", None)
+        cls, cfg = component("decoders", config.decoder, "model.decoder", reg)
+        self.decoder = cls(cfg, env)
+        if getattr(self.decoder, "predict", "all") != "all":
+            raise ConfigError("model.decoder.predict: CMAE's pixel decoder predicts all tokens")
+        fd = {"out_dim": self.encoder.embed_dim, **config.feature_decoder}
+        cls, cfg = component("decoders", fd, "model.feature_decoder", reg)
+        self.feature_decoder = cls(cfg, env)
+        cls, cfg = component("maskers", config.masker, "model.masker", reg)
+        self.masker = cls(cfg, env)
+        d = self.encoder.embed_dim
+        p, q = config.projector, config.predictor
+        self.projector = MLP(d, p.hidden_dim, p.out_dim, p.layers, p.norm)
+        self.predictor = MLP(p.out_dim, q.hidden_dim, q.out_dim, q.layers, q.norm)
+        cls, cfg = component("losses", {"name": "infonce", **config.infonce}, "model.infonce", reg)
+        self.nce = cls(cfg, BuildEnv(registry=reg))
+        cls, cfg = component("teachers", config.teacher, "model.teacher", reg)
+        self.teacher = cls(cfg, env, student=self)
+        if "projector" not in self.teacher.paths:
+            raise ConfigError("model.teacher.copy: CMAE's target branch needs [encoder, projector]")
+
+    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
+        ctx = ctx if ctx is not None else Context()
+        x = batch[self.config.input_key]  # (B, C, H, W) online view
+        with torch.no_grad():
+            ctx.teacher = self.teacher(batch, ctx)  # teacher_latent (B, 1+N, D) on image_target
+            t = ctx.teacher["teacher_latent"]
+            k = self.teacher.copies["projector"](pool_tokens(t, "mean", self.encoder.num_prefix_tokens))  # (B, 256)
+        mask = self.masker(batch, _noise(self, batch, ctx, noise, x.shape[0], x.device), ctx)
+        latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1+K, D)
+        pred = self.decoder(latent, mask, ctx)  # (B, N, p*p*C)
+        target = self.target(batch, mask, ctx)  # (B, N, p*p*C)
+        feats = self.feature_decoder(latent, mask, ctx)  # (B, N, D)
+        q = self.predictor(self.projector(feats.mean(1)))  # (B, 256)
+        pix = _hidden_mean(((pred - target) ** 2).mean(-1), mask)
+        nce = self.nce.contrast(q, k)
+        out = Outputs(mask=mask, latent=latent, pred=pred, target=target, losses={"pix": pix, "nce": nce})
+        out.loss = self.config.pix_weight * pix + self.config.nce_weight * nce
+        out.extra.update(ctx.teacher)
+        out.extra.update({"query": q, "key": k})
+        return out
+
+    def set_schedule(self, total_steps: int, steps_per_epoch: int) -> None:
+        self.teacher.set_schedule(total_steps, steps_per_epoch)
+
+    def on_step_end(self, step: int) -> None:
+        self.teacher.on_step_end(self, step)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.teacher.on_epoch_end(self, epoch)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        return self.encoder.pool(self.encoder.forward_features(x), pool)
+
+
+class MACRL(nn.Module):
+    """Masked Contrastive Representation Learning: two masked encoder-decoder branches."""
+
+    @attrs.define(kw_only=True)
+    class Config:
+        encoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "vit", "mode": "visible_only"})
+        masker_high: dict[str, Any] = attrs.field(factory=lambda: {"name": "random", "ratio": 0.75})
+        masker_low: dict[str, Any] = attrs.field(factory=lambda: {"name": "random", "ratio": 0.5})
+        target: dict[str, Any] = attrs.field(factory=lambda: {"name": "pixels", "norm": "patch"})
+        decoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "mae", "embed_dim": 512, "depth": 8, "num_heads": 16})
+        share_decoder: bool = False
+        pool: str = attrs.field(default="cls", validator=one_of("cls", "mean"))
+        projector: MLPConfig = attrs.field(factory=lambda: MLPConfig(hidden_dim=2048, out_dim=256, layers=2))
+        infonce: dict[str, Any] = attrs.field(factory=lambda: {
+            "temperature": 0.1, "symmetric": True, "scale_2tau": False, "gather": True, "queue": 0, "key_grad": True})
+        rec_weight: float = 1.0
+        nce_weight: float = 1.0
+        strong_key: str = "image"  # branch A: stronger augmentation, higher ratio
+        weak_key: str = "image_target"  # branch B: weaker augmentation, lower ratio
+
+    def __init__(self, config: "MACRL.Config", env: BuildEnv):
+        super().__init__()
+        self.config = config
+        reg = env.registry
+        cls, cfg = component("encoders", config.encoder, "model.encoder", reg)
+        self.encoder = cls(cfg, env)
+        env.encoder = self.encoder
+        cls, cfg = component("targets", config.target, "model.target", reg)
+        self.target = cls(cfg, env)
+        env.target_dim = getattr(self.target, "dim", None)
+        cls, cfg = component("decoders", config.decoder, "model.decoder", reg)
+        self.decoder = cls(cfg, env)
+        self.decoder_low = self.decoder if config.share_decoder else cls(cfg, env)
+        ca, cfa = component("maskers", config.masker_high, "model.masker_high", reg)
+        cb, cfb = component("maskers", config.masker_low, "model.masker_low", reg)
+        self.masker = _PairMasker(ca(cfa, env), cb(cfb, env))
+        p = config.projector
+        self.projector = MLP(self.encoder.embed_dim, p.hidden_dim, p.out_dim, p.layers, p.norm)
+        cls, cfg = component("losses", {"name": "infonce", "dim": p.out_dim, **config.infonce}, "model.infonce", reg)
+        self.nce = cls(cfg, BuildEnv(registry=reg))
+
+    def _branch(self, x: torch.Tensor, masker: nn.Module, decoder: nn.Module, noise: torch.Tensor,
+                key: str, ctx: Context) -> tuple[Mask, torch.Tensor, torch.Tensor]:
+        mask = masker({key: x}, noise, ctx)
+        latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1+K, D)
+        pred = decoder(latent, mask, ctx)  # (B, N, p*p*C) or (B, N_hidden, ...)
+        target = self.target({self.target.input_key: x}, mask, ctx)  # (B, N, p*p*C)
+        if getattr(decoder, "predict", "all") == "masked":
+            target = gather_tokens(target, mask.ids_hidden)
+            rec = (pred - target).abs().mean()
+        else:
+            rec = _hidden_mean((pred - target).abs().mean(-1), mask)
+        return mask, latent, rec
+
+    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
+        ctx = ctx if ctx is not None else Context()
+        c = self.config
+        xa = batch[c.strong_key]
+        xb = batch[c.weak_key] if c.weak_key in batch else xa
+        na, nb = self.masker.split(_noise(self, batch, ctx, noise, xa.shape[0], xa.device))
+        mask_a, lat_a, rec_a = self._branch(xa, self.masker.a, self.decoder, na, c.strong_key, ctx)
+        mask_b, lat_b, rec_b = self._branch(xb, self.masker.b, self.decoder_low, nb, c.strong_key, ctx)
+        npfx = self.encoder.num_prefix_tokens
+        za = self.projector(pool_tokens(lat_a, c.pool, npfx))  # (B, 256)
+        zb = self.projector(pool_tokens(lat_b, c.pool, npfx))
+        if not self.nce.config.key_grad:
+            zb = zb.detach()
+        nce = self.nce.contrast(za, zb)
+        losses = {"rec_high": rec_a, "rec_low": rec_b, "nce": nce}
+        out = Outputs(mask=mask_a, latent=lat_a, losses=losses)
+        out.loss = c.rec_weight * (rec_a + rec_b) + c.nce_weight * nce
+        out.extra.update({"latent_low": lat_b, "mask_low": mask_b})
+        return out
+
+    def set_schedule(self, total_steps: int, steps_per_epoch: int) -> None:
+        """No teacher, no schedule: MACRL's branches both train (the trainer calls these hooks)."""
+
+    def on_step_end(self, step: int) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int) -> None:
+        pass
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        return self.encoder.pool(self.encoder.forward_features(x), pool)

@@ -1,0 +1,142 @@
+"""The ``two_views`` dataset: two augmented views of each image, for contrastive and
+self-distillation methods (CMAE, MACRL, iBOT/AttMask global crops).
+
+Item: {"image": online view (C, S, S), "image_target": second view (C, S, S), "label",
+"shift": (2,) long, the target crop's offset from the online crop in pixels (dy, dx)}.
+
+``pairing: shift`` (CMAE's ShiftPixel): one RandomResizedCrop+flip "master" image of side
+S + max_shift; the online view is an S-crop at a random offset, the target view an S-crop at
+another random offset, so the two are shifted by at most ``max_shift`` px per axis (CMAE: 31 px
+at 224 -> round(31 * S / 224), e.g. 4 px at 32). ``pairing: independent``: two independent
+RandomResizedCrop+flip views (iBOT global crops, MACRL).
+
+``weak`` augmentation is crop + flip only; ``strong`` adds color jitter (0.4, 0.4, 0.4, 0.1,
+p 0.8), grayscale (p 0.2) and Gaussian blur (sigma 0.1-2, p 0.5). On 1-channel images only
+brightness and contrast are jittered and grayscale is skipped (both are meaningless there).
+All randomness uses torch's global RNG, which ``SeededDataset`` seeds per (seed, epoch, index).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from mimkit.config import component, one_of
+from mimkit.data import IMAGENET_MEAN, IMAGENET_STD
+
+
+def _prob(_inst: Any, attr: attrs.Attribute, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attr.name} must be in [0, 1], got {value}")
+
+
+class TwoViews(torch.utils.data.Dataset):
+    """Wraps a base dataset spec (built without its own augmentation) into two views."""
+
+    @attrs.define(kw_only=True)
+    class Config:
+        base: dict[str, Any] = attrs.field(factory=lambda: {"name": "fashion_mnist"})
+        pairing: str = attrs.field(default="shift", validator=one_of("shift", "independent"))
+        img_size: int | None = None  # default: the base dataset's image size
+        crop_scale: tuple[float, float] = (0.2, 1.0)
+        flip: bool = True
+        max_shift: int | None = None  # pixels; default round(31 * S / 224)
+        online_aug: str = attrs.field(default="weak", validator=one_of("none", "weak", "strong"))
+        target_aug: str = attrs.field(default="strong", validator=one_of("none", "weak", "strong"))
+        jitter_p: float = attrs.field(default=0.8, validator=_prob)
+        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+        gray_p: float = attrs.field(default=0.2, validator=_prob)
+        blur_p: float = attrs.field(default=0.5, validator=_prob)
+        blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    def __init__(self, config: "TwoViews.Config", split: str | None = None, train: bool | None = None):
+        from mimkit.plugins import registry
+
+        self.config = config
+        cls, cfg = component("datasets", config.base, "data.base", registry())
+        # The base gives the un-augmented, normalized image; the views are made here.
+        self.base = cls(cfg, split=split, train=False)
+        self.mean = tuple(getattr(self.base, "mean", None) or IMAGENET_MEAN)
+        self.std = tuple(getattr(self.base, "std", None) or IMAGENET_STD)
+        self.train = True if train is None else train
+        self.size = config.img_size or int(getattr(getattr(self.base, "config", None), "img_size", 224))
+        self.shift = config.max_shift if config.max_shift is not None else int(round(31 * self.size / 224))
+        self.classes = getattr(self.base, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    def _unnorm(self, x: torch.Tensor) -> torch.Tensor:  # normalized (C, H, W) -> [0, 1]
+        m = torch.tensor(self.mean[: x.shape[0]]).view(-1, 1, 1)
+        s = torch.tensor(self.std[: x.shape[0]]).view(-1, 1, 1)
+        return (x * s + m).clamp(0, 1)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        m = torch.tensor(self.mean[: x.shape[0]]).view(-1, 1, 1)
+        s = torch.tensor(self.std[: x.shape[0]]).view(-1, 1, 1)
+        return (x - m) / s
+
+    def _rrc(self, x: torch.Tensor, side: int) -> torch.Tensor:
+        """RandomResizedCrop to ``side`` + optional flip: (C, H, W) -> (C, side, side)."""
+        i, j, h, w = v2.RandomResizedCrop.get_params(x, scale=list(self.config.crop_scale), ratio=[3 / 4, 4 / 3])
+        x = TF.resized_crop(x, i, j, h, w, [side, side], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        if self.config.flip and torch.rand(()) < 0.5:
+            x = TF.horizontal_flip(x)
+        return x.clamp(0, 1)
+
+    def _strong(self, x: torch.Tensor) -> torch.Tensor:
+        """Color jitter (random order, as torchvision), grayscale and blur on [0, 1] pixels."""
+        c = self.config
+        gray = x.shape[0] == 1
+        if torch.rand(()) < c.jitter_p:
+            b, ct, s, h = c.jitter
+            ops = [("b", b), ("c", ct)] + ([] if gray else [("s", s), ("h", h)])
+            for idx in torch.randperm(len(ops)).tolist():
+                kind, amount = ops[idx]
+                if amount <= 0:
+                    continue
+                if kind == "h":
+                    x = TF.adjust_hue(x, float(torch.empty(()).uniform_(-amount, amount)))
+                else:
+                    f = float(torch.empty(()).uniform_(max(0.0, 1 - amount), 1 + amount))
+                    fn = {"b": TF.adjust_brightness, "c": TF.adjust_contrast, "s": TF.adjust_saturation}[kind]
+                    x = fn(x, f)
+        if not gray and torch.rand(()) < c.gray_p:
+            x = TF.rgb_to_grayscale(x, num_output_channels=x.shape[0])
+        if torch.rand(()) < c.blur_p:
+            sigma = float(torch.empty(()).uniform_(*c.blur_sigma))
+            k = max(3, int(2 * round(3 * sigma) + 1))  # odd kernel covering +-3 sigma
+            k = min(k, 2 * (x.shape[-1] // 2) - 1)
+            x = TF.gaussian_blur(x, [k, k], [sigma, sigma])
+        return x.clamp(0, 1)
+
+    def _augment(self, x: torch.Tensor, how: str) -> torch.Tensor:
+        return self._strong(x) if how == "strong" and self.train else x
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = dict(self.base[i])
+        x = self._unnorm(item.pop("image"))  # (C, H, W) in [0, 1]
+        s, m = self.size, self.shift
+        c = self.config
+        if not self.train:
+            x = TF.resize(x, [s, s], antialias=True)
+            a = b = x
+            shift = torch.zeros(2, dtype=torch.long)
+        elif c.pairing == "shift":
+            master = self._rrc(x, s + m)  # (C, S + m, S + m)
+            oy, ox, ty, tx = (int(v) for v in torch.randint(0, m + 1, (4,)))
+            a = master[:, oy : oy + s, ox : ox + s]
+            b = master[:, ty : ty + s, tx : tx + s]
+            shift = torch.tensor([ty - oy, tx - ox])
+        else:
+            a, b = self._rrc(x, s), self._rrc(x, s)
+            shift = torch.zeros(2, dtype=torch.long)
+        item["image"] = self._norm(self._augment(a, c.online_aug))
+        item["image_target"] = self._norm(self._augment(b, c.target_aug))
+        item["shift"] = shift
+        return item
