@@ -152,3 +152,22 @@ def test_fuzzed_recipes_validate_or_fail_with_a_mimkit_error(raw):
         mimkit.api.build_model(recipe)
     except (ConfigError, MimkitError):
         pass
+
+
+def test_full_disk_on_checkpoint_write_is_reported_and_previous_kept(tmp_path, monkeypatch):
+    import errno
+
+    import mimkit.checkpoint as ck
+
+    original, calls = ck.save_file, {"n": 0}
+
+    def full_disk(obj, path, *a, **k):
+        calls["n"] += str(path).endswith("model.safetensors")
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(obj, path, *a, **k)
+
+    monkeypatch.setattr(ck, "save_file", full_disk)
+    with pytest.raises(MimkitError, match=r"step 6 .*No space left.*previous checkpoint is intact: .*step_3"):
+        mimkit.train(tiny_recipe(tmp_path, "full", epochs=1, ckpt_every=3))
+    assert mimkit.load(tmp_path / "full") is not None

@@ -263,7 +263,12 @@ def train(
             }
             for r, t in enumerate(rngs):
                 files[f"rng_rank{r}.safetensors"] = {"torch_cpu": t}
-            path = ckpt.write(ckpt_dir, step, files, tc.keep_last)
+            try:
+                path = ckpt.write(ckpt_dir, step, files, tc.keep_last)
+            except OSError as exc:  # disk full, quota, permissions: the previous checkpoint is intact
+                prev = ckpt.latest(ckpt_dir)
+                raise MimkitError(f"cannot write the checkpoint of step {step} into {ckpt_dir}: {exc}. "
+                                  f"The previous checkpoint is intact: {prev}") from None
         accelerator.wait_for_everyone()
         return path
 
