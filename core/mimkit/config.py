@@ -171,6 +171,7 @@ class OptimConfig:
     min_lr: float = 0.0
     clip_grad: float | None = None
     layer_decay: float | None = None  # layer-wise lr decay (fine-tuning)
+    impl: str = attrs.field(default="auto", validator=one_of("auto", "fused", "foreach", "forloop"))  # auto = fused
 
 
 @attrs.define(kw_only=True)

@@ -1,0 +1,56 @@
+"""Smoke test of the benchmark harness: ``benchmarks/run.py --quick`` runs and writes a
+complete JSON with positive numbers. It checks that the harness works, never the speed;
+transformers and lightly are optional (a missing peer is reported, not an error)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and x > 0
+
+
+def test_quick_benchmark_writes_complete_results(tmp_path: Path, subprocess_env: dict) -> None:
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=subprocess_env, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert (out / "results.md").read_text().startswith("Machine:")
+    assert res["quick"] is True
+    for key in ("machine", "throughput", "best", "table2", "flops", "scaling", "memory", "profile", "goals"):
+        assert key in res, key
+
+    thr = res["throughput"]["results"]
+    assert _positive(thr["mimkit"]["images_per_s"]) and _positive(thr["mimkit"]["median_s"])
+    for peer in ("hf", "lightly"):  # either measured or reported missing
+        assert peer in res["throughput"]["missing_peers"] or _positive(thr[peer]["images_per_s"]), thr.get(peer)
+
+    best = res["best"]
+    assert _positive(best["results"]["mimkit_bf16_fused"]["images_per_s"])
+    assert "best_vs_fastest_peer_best" in res["goals"] or res["throughput"]["missing_peers"] == ["hf", "lightly"]
+    la = best["loss_agreement"]
+    assert la["steps"] == len(la["fp32"]) == len(la["bf16"]) and la["max_rel_diff"] >= 0
+
+    for arch in res["table2"].values():
+        for r in arch["results"].values():
+            assert _positive(r["speedup"]) and _positive(r["flop_ratio"])
+
+    fl = res["flops"]
+    assert _positive(fl["step_flops"]["total"])
+    assert _positive(fl["matmul_flops_per_s"]["fp32"]) and _positive(fl["matmul_flops_per_s"]["bf16"])
+    assert all(_positive(r["flops_per_s"]) for r in fl["results"].values())
+
+    for sec in res["scaling"].values():
+        assert all(_positive(r["time_ratio"]) and _positive(r["visible_ratio"]) for r in sec["results"].values())
+
+    mem = res["memory"]["results"]
+    assert _positive(mem["mimkit"]["peak_mb"]) and _positive(mem["mimkit_grad_checkpointing"]["peak_mb"])
+    assert res["profile"] and all(res["profile"].values())
