@@ -13,7 +13,7 @@ if [ ! -f .venv/.setup-stamp ] || [ "$(cat .venv/.setup-stamp)" != "$stamp" ]; t
   echo "[setup] installing torch (from local disk when available) and mimkit into .venv ..."
   $PIP install "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "^WARNING: Location" || true
   plugins=()
-  for p in plugins/*/; do plugins+=(-e "$p"); done
+  for p in plugins/*/; do plugins+=(-e "${p%/}[test]"); done
   $PIP install -e ".[test]" "${plugins[@]}" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import mimkit, torch" || { echo "[setup] install failed" >&2; exit 1; }
   echo "$stamp" > .venv/.setup-stamp

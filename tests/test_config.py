@@ -57,6 +57,7 @@ def test_set_override_parses_yaml_scalars(tmp_path):
     f.write_text(yaml.safe_dump({"name": "x"}))
     r = resolve(f, ["optim.clip_grad=3.0", "train.compile=true", "optim.betas=[0.9, 0.99]"])
     assert r.optim.clip_grad == 3.0 and r.train.compile is True and r.optim.betas == (0.9, 0.99)
+    assert resolve(f, ["train.mixed_precision=no"]).train.mixed_precision == "no"  # YAML's `no` is false
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         resolve(f, ["novalue"])
 

@@ -182,7 +182,9 @@ class TrainConfig:
     max_steps: int | None = None  # optimizer steps; stops early when set
     batch_size: int = 64  # per process
     grad_accum: int = 1
-    mixed_precision: str = attrs.field(default="no", validator=one_of("no", "bf16", "fp16"))
+    # YAML 1.1 reads a bare `no` as false: accept it as "no"
+    mixed_precision: str | bool = attrs.field(default="no", converter=lambda v: "no" if v is False else v,
+                                              validator=one_of("no", "bf16", "fp16", "auto"))  # auto: bf16 where native
     num_workers: int = 0
     log_every: int = 10
     ckpt_every: int = 500  # optimizer steps

@@ -92,6 +92,19 @@ def wd_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
     return cfg.weight_decay_end + (cfg.weight_decay - cfg.weight_decay_end) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def resolve_precision(value: str) -> str:
+    """``auto`` -> bf16 where the device computes it natively (CUDA with bf16, or a CPU with
+    AVX512-BF16/AMX), else full precision; other values pass through."""
+    if value != "auto":
+        return value
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    except (AttributeError, RuntimeError):
+        return "no"
+
+
 # ---------------------------------------------------------------------------------------------
 # Run folder
 
@@ -113,7 +126,7 @@ def run_metadata(recipe: Recipe, accelerator: Accelerator) -> dict[str, Any]:
         "deterministic": recipe.train.deterministic,
         "world_size": accelerator.num_processes,
         "device": str(accelerator.device),
-        "mixed_precision": recipe.train.mixed_precision,
+        "mixed_precision": resolve_precision(recipe.train.mixed_precision),
         "versions": {p.name: p.version for p in reg.plugins if not p.broken}
         | {"torch": torch.__version__, "python": platform.python_version()},
         "broken_plugins": {p.name: p.error for p in reg.plugins if p.broken},
@@ -180,7 +193,7 @@ def train(
         GradientState._reset_state()
     accelerator = Accelerator(
         cpu=cpu_distributed,
-        mixed_precision=tc.mixed_precision,
+        mixed_precision=resolve_precision(tc.mixed_precision),
         gradient_accumulation_steps=tc.grad_accum,
         log_with="tensorboard",
         project_dir=str(run_dir),
