@@ -33,14 +33,14 @@ from mimkit import evaluate as ev
 HERE = Path(__file__).resolve().parent
 
 
-def pretrain(runs: Path, quick: bool) -> Path:
+def pretrain(runs: Path, quick: bool, epochs: float = 3.0) -> Path:
     """The pretrained run folder, trained now unless a complete checkpoint is cached."""
     name = "table_pretrain_quick" if quick else "table_pretrain"
     run = runs / name
     if ckpt.latest(run / "checkpoints") is not None:
         print(f"[pretrain] reusing {run}")
         return run
-    overrides = [f"name={name}", f"output_dir={runs}", "train.progress=false", "train.epochs=4"]
+    overrides = [f"name={name}", f"output_dir={runs}", "train.progress=false", f"train.epochs={epochs}"]
     if quick:
         overrides += ["data.limit=256", "train.batch_size=64", "train.max_steps=4", "train.visualize=false"]
     t0 = time.perf_counter()
@@ -100,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where the pretraining run and results go")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--pretrain-epochs", type=float, default=3.0, help="the fixed pretraining budget (~8 min here)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
     p.add_argument("--lp-epochs", type=int, default=90)
-    p.add_argument("--ft-epochs", type=int, nargs="+", default=[50, 10],
+    p.add_argument("--ft-epochs", type=int, nargs="+", default=[30, 5],
                    help="fine-tuning epochs per fraction (more for the smaller split: similar step counts)")
     p.add_argument("--limit-train", type=int, default=None, help="the labelled pool: first N training items")
     p.add_argument("--limit-test", type=int, default=None)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args.runs.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
 
-    run = pretrain(args.runs, args.quick)
+    run = pretrain(args.runs, args.quick, args.pretrain_epochs)
     pretrained = ev.load_source(run)
     train_ds, test_ds = ev.eval_datasets(pretrained.recipe)
     pool = len(train_ds) if args.limit_train is None else min(args.limit_train, len(train_ds))

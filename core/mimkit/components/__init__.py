@@ -37,6 +37,19 @@ class Masker(nn.Module):
         return torch.stack([self.sample_noise(g) for _ in range(batch_size)]).to(device)
 
 
+def init_xavier_(module: nn.Module) -> None:
+    """The MAE family's weight init: xavier-uniform linears with zero bias, unit LayerNorms
+    (``_init_weights`` of the official MAE and VideoMAE code)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 @attrs.define(kw_only=True)
 class LossConfig:
     """Options every loss has: its weight in the total."""

@@ -17,7 +17,7 @@ from ..config import one_of
 from ..errors import ConfigError
 from ..geometry import gather_tokens, sincos_2d
 from ..types import Mask
-from . import BuildEnv
+from . import BuildEnv, init_xavier_
 
 
 def _pair(v: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
@@ -91,14 +91,7 @@ class ViTEncoder(nn.Module):
             nn.init.normal_(self.vit.cls_token, std=0.02)
         if self.mask_token is not None:
             nn.init.normal_(self.mask_token, std=0.02)
-        for m in self.vit.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_xavier_(self.vit)
 
     # -- embed: patches -> tokens -------------------------------------------------------------
 

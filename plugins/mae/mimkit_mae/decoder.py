@@ -15,7 +15,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from mimkit.components import BuildEnv
+from mimkit.components import BuildEnv, init_xavier_
 from mimkit.config import one_of
 from mimkit.errors import ConfigError
 from mimkit.geometry import gather_tokens, restore_tokens, sincos_2d, sincos_3d
@@ -61,14 +61,7 @@ class MAEDecoder(nn.Module):
 
     def _init_weights(self) -> None:
         nn.init.normal_(self.mask_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_xavier_(self)
 
     def forward(self, latent: torch.Tensor, mask: Mask, ctx: Context | None = None) -> torch.Tensor:
         x = self.embed(latent)  # (B, P + N_keep, d)

@@ -22,7 +22,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mimkit.components import BuildEnv
+from mimkit.components import BuildEnv, init_xavier_
 from mimkit.config import one_of
 from mimkit.errors import ConfigError
 from mimkit.geometry import gather_tokens
@@ -93,16 +93,9 @@ def make_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, qkv_bias
 
 
 def init_videomae_(module: nn.Module) -> None:
-    """The official ``_init_weights``: xavier-uniform linears with zero bias, unit LayerNorms
-    (the Conv3d cube projection keeps PyTorch's default init, as in the official code)."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    """The official ``_init_weights`` (the Conv3d cube projection keeps PyTorch's default
+    init, as in the official code)."""
+    init_xavier_(module)
 
 
 def _pair(v: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
