@@ -33,7 +33,7 @@ def test_unknown_component_lists_registered_names_and_providers():
 def test_bad_value_names_key_path_and_value():
     with pytest.raises(ConfigError, match=r"train.batch_size.*'many'|'many'.*train.batch_size"):
         resolve({"train": {"batch_size": "many"}})
-    with pytest.raises(ConfigError, match=r"mixed_precision.*\['no', 'bf16', 'fp16'\]"):
+    with pytest.raises(ConfigError, match=r"mixed_precision.*\['no', 'bf16', 'fp16', 'auto'\]"):
         resolve({"train": {"mixed_precision": "fp8"}})
     with pytest.raises(ConfigError, match="model.encoder.pos_embed"):
         mimkit.build({"model": {"encoder": {"name": "vit", "pos_embed": "rope"}}})
