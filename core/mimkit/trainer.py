@@ -211,8 +211,11 @@ def train(
 
     torch.manual_seed(recipe.seed)  # same initial weights on every rank
     model = build_model(recipe)
-    if tc.grad_checkpointing and hasattr(model, "encoder") and hasattr(model.encoder, "vit"):
-        model.encoder.vit.set_grad_checkpointing(True)
+    if tc.grad_checkpointing:  # activation checkpointing in the encoder and the decoder
+        if hasattr(getattr(model, "encoder", None), "vit"):
+            model.encoder.vit.set_grad_checkpointing(True)
+        if hasattr(getattr(model, "decoder", None), "grad_checkpointing"):
+            model.decoder.grad_checkpointing = True
     dataset = build_dataset(recipe)
     seeded = SeededDataset(dataset, recipe.seed, getattr(getattr(model, "masker", None), "sample_noise", None))
 

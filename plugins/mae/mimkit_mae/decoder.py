@@ -14,6 +14,7 @@ import attrs
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mimkit.components import BuildEnv, init_xavier_
 from mimkit.config import one_of
@@ -35,6 +36,7 @@ class MAEDecoder(nn.Module):
         out_dim: int | None = None  # defaults to the target's width (pixels: p*p*C)
         norm_eps: float = 1e-6
         embed_bias: bool = True
+        grad_checkpointing: bool = False  # recompute block activations in backward (memory for time)
 
     def __init__(self, config: "MAEDecoder.Config", env: BuildEnv):
         super().__init__()
@@ -44,6 +46,7 @@ class MAEDecoder(nn.Module):
         if out_dim is None:
             raise ConfigError("model.decoder.out_dim: the target declares no width; set out_dim")
         self.predict = config.predict
+        self.grad_checkpointing = config.grad_checkpointing
         self.num_prefix = enc.num_prefix_tokens
         d = config.embed_dim
         self.embed = nn.Linear(enc.embed_dim, d, bias=config.embed_bias)
@@ -80,7 +83,10 @@ class MAEDecoder(nn.Module):
             hid = self.mask_token + gather_tokens(pos, mask.ids_hidden)  # (B, N_hidden, d)
             x = torch.cat([prefix + self.pos_embed[:, :p], vis, hid], dim=1)
         for blk in self.blocks:
-            x = blk(x)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
         x = self.norm(x)
         if self.predict == "all":
             return self.pred(x[:, p:])  # (B, N, D_target)

@@ -172,3 +172,17 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refusing to load"):
         mimkit.load(path)
     assert not marker.exists()
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = mimkit.build({"method": "mae_tiny_fashion_mnist"})
+    ckpt = mimkit.build({"method": "mae_tiny_fashion_mnist"},
+                        ["model.decoder.grad_checkpointing=true", "model.encoder.grad_checkpointing=true"])
+    ckpt.load_state_dict(plain.state_dict())
+    x, noise = torch.randn(4, 1, 32, 32), torch.rand(4, 64)
+    for m in (plain, ckpt):
+        m(({"image": x}), noise=noise).loss.backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, atol=1e-6), name
