@@ -105,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lp-epochs", type=int, default=90)
     p.add_argument("--ft-epochs", type=int, nargs="+", default=[30, 5],
                    help="fine-tuning epochs per fraction (more for the smaller split: similar step counts)")
+    p.add_argument("--ft-blr", type=float, default=5e-3,
+                   help="fine-tuning base lr (per 256); MAE's 5e-4 is for 100 ImageNet epochs, far more steps")
+    p.add_argument("--ft-mixup", type=float, default=0.0,
+                   help="mixup and cutmix alpha; 0 for a few hundred labels (MAE uses 0.8/1.0 on ImageNet)")
     p.add_argument("--limit-train", type=int, default=None, help="the labelled pool: first N training items")
     p.add_argument("--limit-test", type=int, default=None)
     p.add_argument("--skip-finetune", action="store_true")
@@ -139,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 for init in ("pretrained", "random"):
                     rec = ev.finetune(run, init=init, seed=s, labels_fraction=f, split_seed=s,
                                       limit_train=args.limit_train, limit_test=args.limit_test, epochs=epochs,
+                                      blr=args.ft_blr, mixup=args.ft_mixup, cutmix=args.ft_mixup,
                                       warmup_epochs=max(1, epochs // 10) if epochs > 1 else 0.5)
                     assert rec["indices_sha256"] == ev.indices_hash(splits[(s, f)])  # same split as frozen evals
                     records.append(rec)
