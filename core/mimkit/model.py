@@ -22,7 +22,37 @@ from .geometry import gather_tokens
 from .types import Context, Mask, Outputs
 
 
-class MaskedModel(nn.Module):
+class MethodModel(nn.Module):
+    """Base of every model the trainer runs: the teacher's lifecycle and frozen features.
+
+    Subclasses set ``self.encoder`` and, when they have one, ``self.teacher``; the trainer
+    calls ``set_schedule`` before the first step, ``on_step_end`` after each optimizer step
+    and ``on_epoch_end`` after each epoch (EMA updates, momentum schedules).
+    """
+
+    def _teacher_hook(self, name: str) -> Any:
+        teacher = getattr(self, "teacher", None)  # a submodule, so not a class attribute
+        return getattr(teacher, name, None)
+
+    def set_schedule(self, total_steps: int, steps_per_epoch: int) -> None:
+        if (hook := self._teacher_hook("set_schedule")) is not None:
+            hook(total_steps, steps_per_epoch)
+
+    def on_step_end(self, step: int) -> None:
+        if (hook := self._teacher_hook("on_step_end")) is not None:
+            hook(self, step)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        if (hook := self._teacher_hook("on_epoch_end")) is not None:
+            hook(self, epoch)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """Frozen features of whole inputs for evaluation: (B, D)."""
+        return self.encoder.pool(self.encoder.forward_features(x), pool)
+
+
+class MaskedModel(MethodModel):
     """Masker + encoder + decoder + target + losses (+ teacher), each chosen by name."""
 
     @attrs.define(kw_only=True)
@@ -104,21 +134,3 @@ class MaskedModel(nn.Module):
             total = term * loss_fn.weight if total is None else total + term * loss_fn.weight
         out.loss = total
         return out
-
-    def set_schedule(self, total_steps: int, steps_per_epoch: int) -> None:
-        """Told by the trainer before the first step (EMA momentum schedules need it)."""
-        if self.teacher is not None and hasattr(self.teacher, "set_schedule"):
-            self.teacher.set_schedule(total_steps, steps_per_epoch)
-
-    def on_step_end(self, step: int) -> None:
-        if self.teacher is not None and hasattr(self.teacher, "on_step_end"):
-            self.teacher.on_step_end(self, step)
-
-    def on_epoch_end(self, epoch: int) -> None:
-        if self.teacher is not None and hasattr(self.teacher, "on_epoch_end"):
-            self.teacher.on_epoch_end(self, epoch)
-
-    @torch.no_grad()
-    def features(self, x: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-        """Frozen features of whole inputs for evaluation: (B, D)."""
-        return self.encoder.pool(self.encoder.forward_features(x), pool)

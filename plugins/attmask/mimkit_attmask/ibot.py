@@ -27,6 +27,7 @@ from torch import nn
 from mimkit.components import BuildEnv
 from mimkit.config import component
 from mimkit.errors import ConfigError
+from mimkit.model import MethodModel
 from mimkit.types import Context, Mask, Outputs
 
 
@@ -151,7 +152,7 @@ class _ViewMasker(nn.Module):
         return list(noise.chunk(self.views, dim=1))  # V x (B, M)
 
 
-class IBOTModel(nn.Module):
+class IBOTModel(MethodModel):
     """iBOT self-distillation with a pluggable masker (AttMask: ``attention_guided``).
 
     Built from the registry: ``encoder`` (mode with_mask_token), ``masker``, and the core
@@ -247,15 +248,5 @@ class IBOTModel(nn.Module):
 
     def set_schedule(self, total_steps: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = max(1, steps_per_epoch)
-        self.teacher.set_schedule(total_steps, steps_per_epoch)
+        super().set_schedule(total_steps, steps_per_epoch)
 
-    def on_step_end(self, step: int) -> None:
-        self.teacher.on_step_end(self, step)
-
-    def on_epoch_end(self, epoch: int) -> None:
-        self.teacher.on_epoch_end(self, epoch)
-
-    @torch.no_grad()
-    def features(self, x: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-        """Frozen features for evaluation (B, D): the student encoder on whole inputs."""
-        return self.encoder.pool(self.encoder.forward_features(x), pool)

@@ -30,6 +30,7 @@ from mimkit.components import BuildEnv
 from mimkit.config import component, one_of
 from mimkit.errors import ConfigError
 from mimkit.geometry import gather_tokens
+from mimkit.model import MethodModel
 from mimkit.types import Context, Mask, Outputs
 
 from .infonce import MLP, MLPConfig, pool_tokens
@@ -66,7 +67,7 @@ class _PairMasker(nn.Module):
         return noise[:, :n_a], noise[:, n_a:]
 
 
-class CMAE(nn.Module):
+class CMAE(MethodModel):
     """Contrastive Masked Autoencoder: MAE + a feature decoder contrasted with an EMA target."""
 
     @attrs.define(kw_only=True)
@@ -138,21 +139,9 @@ class CMAE(nn.Module):
         out.extra.update({"query": q, "key": k})
         return out
 
-    def set_schedule(self, total_steps: int, steps_per_epoch: int) -> None:
-        self.teacher.set_schedule(total_steps, steps_per_epoch)
-
-    def on_step_end(self, step: int) -> None:
-        self.teacher.on_step_end(self, step)
-
-    def on_epoch_end(self, epoch: int) -> None:
-        self.teacher.on_epoch_end(self, epoch)
-
-    @torch.no_grad()
-    def features(self, x: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-        return self.encoder.pool(self.encoder.forward_features(x), pool)
 
 
-class MACRL(nn.Module):
+class MACRL(MethodModel):
     """Masked Contrastive Representation Learning: two masked encoder-decoder branches."""
 
     @attrs.define(kw_only=True)
@@ -226,15 +215,3 @@ class MACRL(nn.Module):
         out.extra.update({"latent_low": lat_b, "mask_low": mask_b})
         return out
 
-    def set_schedule(self, total_steps: int, steps_per_epoch: int) -> None:
-        """No teacher, no schedule: MACRL's branches both train (the trainer calls these hooks)."""
-
-    def on_step_end(self, step: int) -> None:
-        pass
-
-    def on_epoch_end(self, epoch: int) -> None:
-        pass
-
-    @torch.no_grad()
-    def features(self, x: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-        return self.encoder.pool(self.encoder.forward_features(x), pool)
