@@ -250,6 +250,15 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def package_presets(package: str, folder: str = "recipes") -> dict[str, dict[str, Any]]:
+    """Every ``<folder>/*.yaml`` shipped inside ``package``, by file stem: what a plugin's
+    ``mimkit_methods`` hook returns."""
+    from importlib import resources
+
+    files = sorted(resources.files(package).joinpath(folder).iterdir(), key=lambda f: f.name)
+    return {f.name[: -len(".yaml")]: yaml.safe_load(f.read_text()) for f in files if f.name.endswith(".yaml")}
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Apply ``a.b.c=value`` strings; the value is parsed as a YAML scalar."""
     out = copy.deepcopy(raw)

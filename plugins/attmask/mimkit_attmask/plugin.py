@@ -2,24 +2,14 @@
 (AttMask's distillation objective) and the AttMask presets."""
 from __future__ import annotations
 
-from importlib import resources
-
-import yaml
-
 from mimkit import HOOK_API_VERSION, hookimpl
+from mimkit.config import package_presets
 
 from .ibot import IBOTModel
 from .masking import AttentionGuidedMasker
 
 MIMKIT_API = HOOK_API_VERSION
 
-
-def _presets() -> dict[str, dict]:
-    out = {}
-    for f in sorted(resources.files("mimkit_attmask").joinpath("recipes").iterdir()):
-        if f.name.endswith(".yaml"):
-            out[f.name[: -len(".yaml")]] = yaml.safe_load(f.read_text())
-    return out
 
 
 @hookimpl
@@ -34,4 +24,4 @@ def mimkit_models():
 
 @hookimpl
 def mimkit_methods():
-    return _presets()
+    return package_presets("mimkit_attmask")

@@ -2,11 +2,8 @@
 the ``cmae`` and ``macrl`` models and their presets."""
 from __future__ import annotations
 
-from importlib import resources
-
-import yaml
-
 from mimkit import HOOK_API_VERSION, hookimpl
+from mimkit.config import package_presets
 
 from .infonce import InfoNCE
 from .models import CMAE, MACRL
@@ -14,13 +11,6 @@ from .views import TwoViews
 
 MIMKIT_API = HOOK_API_VERSION
 
-
-def _presets() -> dict[str, dict]:
-    out = {}
-    for f in sorted(resources.files("mimkit_contrastive").joinpath("recipes").iterdir()):
-        if f.name.endswith(".yaml"):
-            out[f.name[: -len(".yaml")]] = yaml.safe_load(f.read_text())
-    return out
 
 
 @hookimpl
@@ -40,4 +30,4 @@ def mimkit_models():
 
 @hookimpl
 def mimkit_methods():
-    return _presets()
+    return package_presets("mimkit_contrastive")

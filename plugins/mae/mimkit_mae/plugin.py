@@ -1,24 +1,14 @@
 """mimkit-mae's hook implementations: the ``mae`` decoder, MAE presets, official import."""
 from __future__ import annotations
 
-from importlib import resources
-
-import yaml
-
 from mimkit import HOOK_API_VERSION, hookimpl
+from mimkit.config import package_presets
 
 from .convert import import_official
 from .decoder import MAEDecoder
 
 MIMKIT_API = HOOK_API_VERSION
 
-
-def _presets() -> dict[str, dict]:
-    out = {}
-    for f in sorted(resources.files("mimkit_mae").joinpath("recipes").iterdir()):
-        if f.name.endswith(".yaml"):
-            out[f.name[: -len(".yaml")]] = yaml.safe_load(f.read_text())
-    return out
 
 
 @hookimpl
@@ -28,7 +18,7 @@ def mimkit_decoders():
 
 @hookimpl
 def mimkit_methods():
-    return _presets()
+    return package_presets("mimkit_mae")
 
 
 @hookimpl

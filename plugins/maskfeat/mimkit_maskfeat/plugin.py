@@ -2,11 +2,8 @@
 decoder and the MaskFeat presets."""
 from __future__ import annotations
 
-from importlib import resources
-
-import yaml
-
 from mimkit import HOOK_API_VERSION, hookimpl
+from mimkit.config import package_presets
 
 from .decoder import LinearDecoder
 from .hog import HOGTarget
@@ -14,13 +11,6 @@ from .masking import BlockMasker
 
 MIMKIT_API = HOOK_API_VERSION
 
-
-def _presets() -> dict[str, dict]:
-    out = {}
-    for f in sorted(resources.files("mimkit_maskfeat").joinpath("recipes").iterdir()):
-        if f.name.endswith(".yaml"):
-            out[f.name[: -len(".yaml")]] = yaml.safe_load(f.read_text())
-    return out
 
 
 @hookimpl
@@ -40,4 +30,4 @@ def mimkit_decoders():
 
 @hookimpl
 def mimkit_methods():
-    return _presets()
+    return package_presets("mimkit_maskfeat")

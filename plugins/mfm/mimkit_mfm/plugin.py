@@ -3,11 +3,8 @@
 the MFM presets."""
 from __future__ import annotations
 
-from importlib import resources
-
-import yaml
-
 from mimkit import HOOK_API_VERSION, hookimpl
+from mimkit.config import package_presets
 
 from .decoder import LinearPixelShuffleDecoder
 from .frequency import FrequencyDistance, FrequencyMasker, FrequencyTarget
@@ -15,13 +12,6 @@ from .resnet import ResNetEncoder
 
 MIMKIT_API = HOOK_API_VERSION
 
-
-def _presets() -> dict[str, dict]:
-    out = {}
-    for f in sorted(resources.files("mimkit_mfm").joinpath("recipes").iterdir()):
-        if f.name.endswith(".yaml"):
-            out[f.name[: -len(".yaml")]] = yaml.safe_load(f.read_text())
-    return out
 
 
 @hookimpl
@@ -51,4 +41,4 @@ def mimkit_encoders():
 
 @hookimpl
 def mimkit_methods():
-    return _presets()
+    return package_presets("mimkit_mfm")

@@ -1,11 +1,8 @@
 """mimkit-supmae's hooks: the ``visible_token_classification`` loss and SupMAE presets."""
 from __future__ import annotations
 
-from importlib import resources
-
-import yaml
-
 from mimkit import HOOK_API_VERSION, hookimpl
+from mimkit.config import package_presets
 
 from .head import VisibleTokenClassification
 
@@ -19,5 +16,4 @@ def mimkit_losses():
 
 @hookimpl
 def mimkit_methods():
-    folder = resources.files("mimkit_supmae").joinpath("recipes")
-    return {f.name[:-5]: yaml.safe_load(f.read_text()) for f in folder.iterdir() if f.name.endswith(".yaml")}
+    return package_presets("mimkit_supmae")

@@ -2,11 +2,8 @@
 datasets and presets."""
 from __future__ import annotations
 
-from importlib import resources
-
-import yaml
-
 from mimkit import HOOK_API_VERSION, hookimpl
+from mimkit.config import package_presets
 
 from .data import SkvideoClips, VideoFolder
 from .decoder import VideoMAEDecoder
@@ -15,13 +12,6 @@ from .masking import TubeMasker
 
 MIMKIT_API = HOOK_API_VERSION
 
-
-def _presets() -> dict[str, dict]:
-    out = {}
-    for f in sorted(resources.files("mimkit_videomae").joinpath("recipes").iterdir()):
-        if f.name.endswith(".yaml"):
-            out[f.name[: -len(".yaml")]] = yaml.safe_load(f.read_text())
-    return out
 
 
 @hookimpl
@@ -46,4 +36,4 @@ def mimkit_datasets():
 
 @hookimpl
 def mimkit_methods():
-    return _presets()
+    return package_presets("mimkit_videomae")
