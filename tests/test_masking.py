@@ -70,4 +70,3 @@ def test_bad_ratio_is_a_clear_error():
         from mimkit.config import component
 
         component("maskers", {"name": "random", "ratio": 1.5}, "model.masker", registry())
-    assert mimkit.HOOK_API_VERSION == 1

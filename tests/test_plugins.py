@@ -20,8 +20,8 @@ def make_plugin(root: Path, dist: str, ep_name: str, module: str, body: str) -> 
 GOOD = """
     import attrs
     from torch import nn
-    from mimkit import hookimpl, HOOK_API_VERSION
-    MIMKIT_API = HOOK_API_VERSION
+    from mimkit.plugin_api import hookimpl
+    MIMKIT_API = 2
 
     class CheckerMasker(nn.Module):
         @attrs.define
@@ -51,10 +51,10 @@ def registry_in_subprocess(root: Path, env_extra: dict | None = None) -> dict:
 def test_installed_plugin_is_discovered_and_broken_ones_are_reported(tmp_path):
     make_plugin(tmp_path, "mimkit-checker", "checker", "mimkit_checker", GOOD)
     make_plugin(tmp_path, "mimkit-broken", "broken", "mimkit_broken", "raise ImportError('no such backend xyz')\n")
-    make_plugin(tmp_path, "mimkit-old", "old", "mimkit_old", "MIMKIT_API = 0\n")
+    make_plugin(tmp_path, "mimkit-old", "old", "mimkit_old", "MIMKIT_API = 1\n")
     make_plugin(tmp_path, "mimkit-badtype", "badtype", "mimkit_badtype", """
         from mimkit import hookimpl
-        MIMKIT_API = 1
+        MIMKIT_API = 2
         @hookimpl
         def mimkit_losses():
             return ["not", "a", "mapping"]
@@ -64,7 +64,8 @@ def test_installed_plugin_is_discovered_and_broken_ones_are_reported(tmp_path):
     assert plugins["checker"][1] == "0.3" and plugins["checker"][2] is None
     assert res["maskers"]["checker"] == "checker" and res["maskers"]["random"] == "mimkit (builtin)"
     assert "no such backend xyz" in plugins["broken"][2]
-    assert "targets hook API 0" in plugins["old"][2]
+    old = plugins["old"][2]  # written for API 1 (mimkit_methods): refused, and told what to do
+    assert "written for hook API 1" in old and "provides 2" in old and "mimkit_presets" in old
     assert "badtype" in plugins["badtype"][2] and "expected a mapping" in plugins["badtype"][2]
 
 
@@ -81,7 +82,7 @@ def test_duplicate_names_are_rejected_naming_both_plugins(tmp_path):
 def test_component_without_config_is_refused(tmp_path):
     make_plugin(tmp_path, "mimkit-noconf", "noconf", "mimkit_noconf", """
         from mimkit import hookimpl
-        MIMKIT_API = 1
+        MIMKIT_API = 2
         class M: pass
         @hookimpl
         def mimkit_maskers():

@@ -252,7 +252,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def package_presets(package: str, folder: str = "recipes") -> dict[str, dict[str, Any]]:
     """Every ``<folder>/*.yaml`` shipped inside ``package``, by file stem: what a plugin's
-    ``mimkit_methods`` hook returns."""
+    ``mimkit_presets`` hook returns."""
     from importlib import resources
 
     files = sorted(resources.files(package).joinpath(folder).iterdir(), key=lambda f: f.name)
@@ -292,7 +292,7 @@ def resolve_presets(raw: Mapping[str, Any], registry: Any, _seen: tuple[str, ...
         raise ConfigError(f"invalid value {name!r} for 'method': expected a preset name")
     if name in _seen:
         raise ConfigError(f"presets form a cycle: {' -> '.join((*_seen, name))}")
-    preset = registry.get("methods", name, where="method")
+    preset = registry.get("presets", name, where="method")
     base = resolve_presets(preset, registry, (*_seen, name))
     merged = deep_merge(base, {k: v for k, v in raw.items() if k != "method"})
     merged["method"] = name
@@ -305,17 +305,22 @@ def resolve(
     registry: Any = None,
 ) -> Recipe:
     """Any recipe form (file path, mapping, Recipe) -> a validated :class:`Recipe`."""
-    if isinstance(recipe, Recipe):
-        raw = unstructure(recipe)
-    elif isinstance(recipe, Mapping):
-        raw = copy.deepcopy(dict(recipe))
-    else:
-        raw = load_yaml(recipe)
-    raw = apply_overrides(raw, overrides)
     if registry is None:
         from .plugins import registry as get_registry
 
         registry = get_registry()
+    if isinstance(recipe, Recipe):
+        raw = unstructure(recipe)
+    elif isinstance(recipe, Mapping):
+        raw = copy.deepcopy(dict(recipe))
+    elif not Path(recipe).exists() and str(recipe) in registry.components["presets"]:
+        raw = {"method": str(recipe)}  # `mim train PRESET_NAME`
+    else:
+        if not Path(recipe).exists():
+            presets = ", ".join(registry.names("presets")) or "none installed"
+            raise ConfigError(f"recipe file not found and no preset of that name: {recipe} (presets: {presets})")
+        raw = load_yaml(recipe)
+    raw = apply_overrides(raw, overrides)
     raw = resolve_presets(raw, registry)
     return structure(Recipe, raw, "")
 

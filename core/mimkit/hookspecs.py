@@ -4,7 +4,7 @@ A plugin is a module of ``@hookimpl`` functions, published through the entry-poi
 ``mimkit`` and carrying ``MIMKIT_API = <int>``, the hook-API version it was written for
 (:data:`HOOK_API_VERSION`). Each registration hook below is called once, when the registry
 is first built, with no arguments, and returns a mapping ``{component name: class}``
-(``mimkit_methods``: ``{preset name: recipe mapping}``). All results are collected; a name
+(``mimkit_presets``: ``{preset name: recipe mapping}``). All results are collected; a name
 registered by two plugins is an error naming both.
 
 A component class has a nested ``Config`` attrs class (validated before anything is built)
@@ -19,7 +19,11 @@ import pluggy
 
 PROJECT = "mimkit"
 #: Bumped when a hook's meaning changes; a plugin declaring another version is refused.
-HOOK_API_VERSION = 1
+HOOK_API_VERSION = 2
+#: What changed at each version, quoted when a plugin of an older version is refused.
+API_CHANGES = {
+    2: "the preset hook mimkit_methods was renamed mimkit_presets; import from mimkit.plugin_api",
+}
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -96,7 +100,7 @@ def mimkit_models() -> Mapping[str, type]:
 
 
 @hookspec
-def mimkit_methods() -> Mapping[str, Mapping[str, Any]]:
+def mimkit_presets() -> Mapping[str, Mapping[str, Any]]:
     """Register presets: named recipe mappings a recipe can start from (``method: NAME``)."""
 
 

@@ -21,7 +21,7 @@ from .errors import ConfigError, PluginError
 
 KINDS = (
     "maskers", "targets", "encoders", "decoders", "losses", "teachers", "models",
-    "methods", "datasets", "visualizers", "importers",
+    "presets", "datasets", "visualizers", "importers",
 )
 DISABLE_ENV = "MIMKIT_DISABLE_PLUGIN_AUTOLOAD"
 
@@ -76,7 +76,10 @@ def _check_api(module: ModuleType, name: str) -> None:
         raise PluginError(f"plugin {name!r} does not declare MIMKIT_API (the hook-API version it targets)")
     if api != hookspecs.HOOK_API_VERSION:
         raise PluginError(
-            f"plugin {name!r} targets hook API {api}, this mimkit provides {hookspecs.HOOK_API_VERSION}"
+            f"plugin {name!r} was written for hook API {api!r}, this mimkit provides {hookspecs.HOOK_API_VERSION}: "
+            f"install a release of the plugin made for this mimkit, or port it "
+            f"({hookspecs.API_CHANGES.get(hookspecs.HOOK_API_VERSION, 'see mimkit.hookspecs')}) and set "
+            f"MIMKIT_API = {hookspecs.HOOK_API_VERSION}"
         )
 
 
@@ -114,7 +117,7 @@ def _collect(module: ModuleType, plugin: str, registry: Registry) -> dict[str, l
 
 def _check_component(kind: str, name: str, obj: Any, plugin: str) -> None:
     """The protocol checks a registry can do without building anything."""
-    if kind == "methods":
+    if kind == "presets":
         if not hasattr(obj, "items"):
             raise PluginError(f"plugin {plugin!r}: preset {name!r} is {type(obj).__name__}, expected a mapping")
         return

@@ -1,6 +1,8 @@
 """The ``pixels`` target, with the per-patch normalization variants of METHODS.md section 0."""
 from __future__ import annotations
 
+import math
+
 import attrs
 import torch
 from torch import nn
@@ -37,7 +39,7 @@ class PixelTarget(nn.Module):
         enc = env.encoder
         self.patch = enc.patch if enc.patch[0] > 1 else enc.patch[1:]
         self.channels = enc.in_chans
-        self.dim = int(torch.tensor(enc.patch).prod()) * self.channels
+        self.dim = math.prod(enc.patch) * self.channels
         self.input_key = env.input_key
 
     def _variant(self) -> dict:

@@ -4,9 +4,7 @@ from __future__ import annotations
 import attrs
 import torch
 
-from mimkit import Mask
-from mimkit.components import BuildEnv, Masker
-from mimkit.types import Context
+from mimkit.plugin_api import BuildEnv, Context, Mask, Masker
 
 
 class CheckerMasker(Masker):

@@ -1,15 +1,11 @@
 """mimkit-checker's hook implementations."""
 from __future__ import annotations
 
-from importlib import resources
-
-import yaml
-
-from mimkit import HOOK_API_VERSION, hookimpl
+from mimkit.plugin_api import hookimpl, package_presets
 
 from .masking import CheckerMasker
 
-MIMKIT_API = HOOK_API_VERSION  # the hook API this plugin was written for
+MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
 
 
 @hookimpl
@@ -18,6 +14,5 @@ def mimkit_maskers():
 
 
 @hookimpl
-def mimkit_methods():
-    f = resources.files("mimkit_checker").joinpath("recipes", "checker_tiny.yaml")
-    return {"checker_tiny": yaml.safe_load(f.read_text())}
+def mimkit_presets():
+    return package_presets("mimkit_checker")

@@ -1,7 +1,7 @@
 """The checker masker hides a checkerboard: half the tokens, no two hidden neighbours."""
 import torch
 
-from mimkit.components import BuildEnv
+from mimkit.plugin_api import BuildEnv
 from mimkit_checker import CheckerMasker
 
 

@@ -24,11 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.components import BuildEnv
-from mimkit.config import component
-from mimkit.errors import ConfigError
-from mimkit.model import MethodModel
-from mimkit.types import Context, Mask, Outputs
+from mimkit.plugin_api import BuildEnv, component, ConfigError, Context, Mask, MethodModel, Outputs
 
 
 class IBOTHead(nn.Module):

@@ -23,10 +23,7 @@ from typing import Any
 import attrs
 import torch
 
-from mimkit.components import BuildEnv, Masker
-from mimkit.config import one_of
-from mimkit.errors import ConfigError
-from mimkit.types import Context, Mask
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, Mask, Masker, one_of
 
 
 def _unit(_inst: Any, attr: attrs.Attribute, value: float | None) -> None:

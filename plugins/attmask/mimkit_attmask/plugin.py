@@ -2,13 +2,12 @@
 (AttMask's distillation objective) and the AttMask presets."""
 from __future__ import annotations
 
-from mimkit import HOOK_API_VERSION, hookimpl
-from mimkit.config import package_presets
+from mimkit.plugin_api import hookimpl, package_presets
 
 from .ibot import IBOTModel
 from .masking import AttentionGuidedMasker
 
-MIMKIT_API = HOOK_API_VERSION
+MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
 
 
 
@@ -23,5 +22,5 @@ def mimkit_models():
 
 
 @hookimpl
-def mimkit_methods():
+def mimkit_presets():
     return package_presets("mimkit_attmask")

@@ -18,9 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.components import BuildEnv, Loss, LossConfig
-from mimkit.config import one_of
-from mimkit.types import Context, Outputs
+from mimkit.plugin_api import BuildEnv, Context, Loss, LossConfig, one_of, Outputs
 
 
 class MLP(nn.Module):

@@ -26,12 +26,9 @@ import attrs
 import torch
 from torch import nn
 
-from mimkit.components import BuildEnv
-from mimkit.config import component, one_of
-from mimkit.errors import ConfigError
-from mimkit.geometry import gather_tokens
-from mimkit.model import MethodModel
-from mimkit.types import Context, Mask, Outputs
+from mimkit.plugin_api import (
+    BuildEnv, component, ConfigError, Context, gather_tokens, Mask, MethodModel, one_of, Outputs,
+)
 
 from .infonce import MLP, MLPConfig, pool_tokens
 

@@ -2,14 +2,13 @@
 the ``cmae`` and ``macrl`` models and their presets."""
 from __future__ import annotations
 
-from mimkit import HOOK_API_VERSION, hookimpl
-from mimkit.config import package_presets
+from mimkit.plugin_api import hookimpl, package_presets
 
 from .infonce import InfoNCE
 from .models import CMAE, MACRL
 from .views import TwoViews
 
-MIMKIT_API = HOOK_API_VERSION
+MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
 
 
 
@@ -29,5 +28,5 @@ def mimkit_models():
 
 
 @hookimpl
-def mimkit_methods():
+def mimkit_presets():
     return package_presets("mimkit_contrastive")

@@ -24,8 +24,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from mimkit.config import component, one_of
-from mimkit.data import IMAGENET_MEAN, IMAGENET_STD
+from mimkit.plugin_api import IMAGENET_MEAN, IMAGENET_STD, component, one_of, registry
 
 
 def _prob(_inst: Any, attr: attrs.Attribute, value: float) -> None:
@@ -53,8 +52,6 @@ class TwoViews(torch.utils.data.Dataset):
         blur_sigma: tuple[float, float] = (0.1, 2.0)
 
     def __init__(self, config: "TwoViews.Config", split: str | None = None, train: bool | None = None):
-        from mimkit.plugins import registry
-
         self.config = config
         cls, cfg = component("datasets", config.base, "data.base", registry())
         # The base gives the un-augmented, normalized image; the views are made here.

@@ -16,11 +16,10 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mimkit.components import BuildEnv, init_xavier_
-from mimkit.config import one_of
-from mimkit.errors import ConfigError
-from mimkit.geometry import gather_tokens, restore_tokens, sincos_2d, sincos_3d
-from mimkit.types import Context, Mask
+from mimkit.plugin_api import (
+    BuildEnv, ConfigError, Context, gather_tokens, init_xavier_, Mask, one_of, restore_tokens, sincos_2d,
+    sincos_3d,
+)
 
 
 class MAEDecoder(nn.Module):

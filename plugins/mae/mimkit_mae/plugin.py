@@ -1,13 +1,12 @@
 """mimkit-mae's hook implementations: the ``mae`` decoder, MAE presets, official import."""
 from __future__ import annotations
 
-from mimkit import HOOK_API_VERSION, hookimpl
-from mimkit.config import package_presets
+from mimkit.plugin_api import hookimpl, package_presets
 
 from .convert import import_official
 from .decoder import MAEDecoder
 
-MIMKIT_API = HOOK_API_VERSION
+MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
 
 
 
@@ -17,7 +16,7 @@ def mimkit_decoders():
 
 
 @hookimpl
-def mimkit_methods():
+def mimkit_presets():
     return package_presets("mimkit_mae")
 
 

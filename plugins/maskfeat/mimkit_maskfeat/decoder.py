@@ -10,11 +10,7 @@ import attrs
 import torch
 from torch import nn
 
-from mimkit.components import BuildEnv
-from mimkit.config import one_of
-from mimkit.errors import ConfigError
-from mimkit.geometry import gather_tokens
-from mimkit.types import Context, Mask
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, gather_tokens, Mask, one_of
 
 
 class LinearDecoder(nn.Module):

@@ -21,9 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.components import BuildEnv
-from mimkit.errors import ConfigError
-from mimkit.types import Context, Mask
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, Mask
 
 
 def gaussian_window(size: int) -> torch.Tensor:

@@ -17,9 +17,7 @@ from typing import Any
 import attrs
 import torch
 
-from mimkit.components import BuildEnv, Masker
-from mimkit.errors import ConfigError
-from mimkit.types import Context, Mask
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, Mask, Masker
 
 
 def _ratio(_inst: Any, _attr: attrs.Attribute, value: float) -> None:

@@ -13,9 +13,7 @@ import attrs
 import torch
 from torch import nn
 
-from mimkit.components import BuildEnv
-from mimkit.errors import ConfigError
-from mimkit.types import Context, Mask
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, Mask
 
 
 class LinearPixelShuffleDecoder(nn.Module):

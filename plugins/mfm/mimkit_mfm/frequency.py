@@ -21,9 +21,7 @@ import attrs
 import torch
 from torch import nn
 
-from mimkit.components import BuildEnv, Loss, LossConfig, Masker
-from mimkit.errors import ConfigError
-from mimkit.types import Context, Mask, Outputs
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, Loss, LossConfig, Mask, Masker, Outputs
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

@@ -3,14 +3,13 @@
 the MFM presets."""
 from __future__ import annotations
 
-from mimkit import HOOK_API_VERSION, hookimpl
-from mimkit.config import package_presets
+from mimkit.plugin_api import hookimpl, package_presets
 
 from .decoder import LinearPixelShuffleDecoder
 from .frequency import FrequencyDistance, FrequencyMasker, FrequencyTarget
 from .resnet import ResNetEncoder
 
-MIMKIT_API = HOOK_API_VERSION
+MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
 
 
 
@@ -40,5 +39,5 @@ def mimkit_encoders():
 
 
 @hookimpl
-def mimkit_methods():
+def mimkit_presets():
     return package_presets("mimkit_mfm")

@@ -17,9 +17,7 @@ import timm
 import torch
 from torch import nn
 
-from mimkit.components import BuildEnv
-from mimkit.errors import ConfigError
-from mimkit.types import Mask
+from mimkit.plugin_api import BuildEnv, ConfigError, Mask
 
 
 def _pair(v: int | list[int] | tuple[int, ...]) -> tuple[int, int]:

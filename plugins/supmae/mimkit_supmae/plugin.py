@@ -1,12 +1,11 @@
 """mimkit-supmae's hooks: the ``visible_token_classification`` loss and SupMAE presets."""
 from __future__ import annotations
 
-from mimkit import HOOK_API_VERSION, hookimpl
-from mimkit.config import package_presets
+from mimkit.plugin_api import hookimpl, package_presets
 
 from .head import VisibleTokenClassification
 
-MIMKIT_API = HOOK_API_VERSION
+MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
 
 
 @hookimpl
@@ -15,5 +14,5 @@ def mimkit_losses():
 
 
 @hookimpl
-def mimkit_methods():
+def mimkit_presets():
     return package_presets("mimkit_supmae")

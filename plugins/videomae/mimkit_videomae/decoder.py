@@ -16,11 +16,7 @@ import attrs
 import torch
 from torch import nn
 
-from mimkit.components import BuildEnv
-from mimkit.config import one_of
-from mimkit.errors import ConfigError
-from mimkit.geometry import gather_tokens, restore_tokens
-from mimkit.types import Context, Mask
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, gather_tokens, Mask, one_of, restore_tokens
 
 from .encoder import init_videomae_, make_blocks, sinusoid_table
 

@@ -22,11 +22,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mimkit.components import BuildEnv, init_xavier_
-from mimkit.config import one_of
-from mimkit.errors import ConfigError
-from mimkit.geometry import gather_tokens
-from mimkit.types import Mask
+from mimkit.plugin_api import BuildEnv, ConfigError, gather_tokens, init_xavier_, Mask, one_of
 
 #: (embed_dim, depth, num_heads) of the official pretraining encoders.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -81,7 +77,7 @@ def make_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, qkv_bias
                 drop_path: float = 0.0) -> nn.ModuleList:
     """``depth`` pre-norm ViT blocks; ``qkv_bias``: "qv" (VideoMAE), "qkv" (timm) or "none".
     Stochastic depth rises linearly to ``drop_path`` over the blocks (official schedule)."""
-    rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
+    rates = [drop_path * i / (depth - 1) for i in range(depth)] if depth > 1 else [drop_path] * depth  # linspace
     blocks = nn.ModuleList()
     for i in range(depth):
         blk = Block(dim, num_heads, mlp_ratio, qkv_bias=qkv_bias == "qkv", drop_path=rates[i],

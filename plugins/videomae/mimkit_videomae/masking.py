@@ -11,8 +11,7 @@ from typing import Any
 import attrs
 import torch
 
-from mimkit.components import BuildEnv, Masker
-from mimkit.types import Context, Mask
+from mimkit.plugin_api import BuildEnv, Context, Mask, Masker
 
 
 def _ratio(_inst: Any, _attr: attrs.Attribute, value: float) -> None:

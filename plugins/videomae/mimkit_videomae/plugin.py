@@ -2,15 +2,14 @@
 datasets and presets."""
 from __future__ import annotations
 
-from mimkit import HOOK_API_VERSION, hookimpl
-from mimkit.config import package_presets
+from mimkit.plugin_api import hookimpl, package_presets
 
 from .data import SkvideoClips, VideoFolder
 from .decoder import VideoMAEDecoder
 from .encoder import VideoViTEncoder
 from .masking import TubeMasker
 
-MIMKIT_API = HOOK_API_VERSION
+MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
 
 
 
@@ -35,5 +34,5 @@ def mimkit_datasets():
 
 
 @hookimpl
-def mimkit_methods():
+def mimkit_presets():
     return package_presets("mimkit_videomae")

