@@ -106,3 +106,47 @@ def test_mim_plugins_lists_versions_and_components():
     assert "mimkit (builtin)" in out.stdout and "maskers: random" in out.stdout
     if "mae" in {p.name for p in build_registry().plugins}:
         assert "decoders: mae" in out.stdout
+
+
+def test_a_plugin_protocol_runs_through_mim_eval_with_flags_from_its_config(tmp_path):
+    make_plugin(tmp_path, "mimkit-count", "count", "mimkit_count", """
+        import attrs
+        from mimkit.plugin_api import hookimpl, one_of
+        MIMKIT_API = 2
+
+        class CountFiles:
+            '''Count the files of each source (a stand-in for a real protocol).'''
+            @attrs.define(kw_only=True)
+            class Config:
+                scale: float = 1.0
+                mode: str = attrs.field(default="files", validator=one_of("files", "dirs"))
+                verbose: bool = False
+
+            def __init__(self, config):
+                self.config = config
+
+            def __call__(self, sources):
+                n = sum(len(list(__import__("pathlib").Path(s).iterdir())) for s in sources)
+                return {"protocol": "count", "value": n * self.config.scale, "mode": self.config.mode,
+                        "verbose": self.config.verbose, "summary": f"count: {n * self.config.scale}"}
+
+        @hookimpl
+        def mimkit_protocols():
+            return {"count": CountFiles}
+    """)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"f{i}").write_text("x")
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mimkit.cli", *a], capture_output=True, text=True,
+                                    env=env, timeout=120, cwd=tmp_path)
+    out = run("eval", "count", str(data), "--scale", "2.5", "--verbose", "--out", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    assert "count: 7.5" in out.stdout
+    rec = json.loads((tmp_path / "r.json").read_text())
+    assert rec["value"] == 7.5 and rec["verbose"] is True and rec["mode"] == "files"
+    bad = run("analyze", "count", str(data), "--mode", "both")
+    assert bad.returncode == 2 and "analyze count.mode" in bad.stderr and "['files', 'dirs']" in bad.stderr
+    unknown = run("eval", "nosuch", str(data))
+    assert unknown.returncode == 2 and "unknown protocol 'nosuch'" in unknown.stderr and "count (count)" in unknown.stderr

@@ -35,15 +35,16 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     from .api import build_dataset, load
     from .data import collate
     from .plugins import registry
+    from .viz import visualizer_name
 
     model = load(args.checkpoint)
     recipe = model.recipe
     dataset = build_dataset(recipe, train=False, eval_split=True)
     batch = collate([dataset[i] for i in range(min(args.num, len(dataset)))])
     batch.pop("_skipped", None)
-    vis_name = getattr(getattr(model, "target", None), "visualizer", None)
+    vis_name = visualizer_name(model)
     if vis_name is None:
-        raise MimkitError("this model's target registers no visualizer")
+        raise MimkitError(f"{args.checkpoint}: this model names no visualizer (a `visualizer` attribute on it or its target)")
     vis = registry().get("visualizers", vis_name)()
     with torch.no_grad():
         out = vis(model, batch, args.out, mean=dataset.mean, std=dataset.std, seed=args.seed, title=str(args.checkpoint))
@@ -116,11 +117,70 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+BUILTIN_EVAL = ("knn", "linprobe", "finetune")
+
+
+def _protocol_parser(command: str, name: str, cls: type) -> argparse.ArgumentParser:
+    """``mim eval NAME`` for a registered protocol: one flag per field of its attrs Config."""
+    import attrs
+
+    parser = argparse.ArgumentParser(prog=f"mim {command} {name}", description=(cls.__doc__ or "").strip() or None)
+    parser.add_argument("sources", nargs="+", help="run folders, checkpoints or files")
+    parser.add_argument("--out", default=None, help=f"result JSON (default SOURCE/eval/{name}.json or eval/{name}.json)")
+    for a in attrs.fields(attrs.resolve_types(cls.Config)):
+        flag = "--" + a.name.replace("_", "-")
+        default = a.default.factory() if isinstance(a.default, attrs.Factory) else a.default  # type: ignore[arg-type]
+        choices = getattr(a.validator, "choices", None)
+        if a.type is bool:
+            parser.add_argument(flag, dest=a.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"(default {default})")
+        else:
+            parser.add_argument(flag, dest=a.name, default=None, metavar="VALUE",
+                                help=f"{'one of ' + str(list(choices)) + ', ' if choices else ''}default {default!r}"
+                                     " (parsed as YAML)")
+    return parser
+
+
+def _run_protocol(command: str, name: str, argv: list[str]) -> int:
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from .config import structure
+    from .plugins import registry
+
+    cls = registry().get("protocols", name, where=f"mim {command}")
+    args = _protocol_parser(command, name, cls).parse_args(argv)
+    values = {}
+    for key, text in vars(args).items():
+        if key in ("sources", "out") or text is None:
+            continue
+        values[key] = text if isinstance(text, bool) else yaml.safe_load(text)
+    config = structure(cls.Config, values, f"{command} {name}")
+    record = cls(config)(list(args.sources))
+    src = Path(args.sources[0])
+    out = Path(args.out) if args.out else (src / "eval" if (src / "checkpoints").is_dir() else Path("eval")) / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    print(record.get("summary") or json.dumps(record, indent=1, default=str))
+    print(f"(written to {out})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] in ("eval", "analyze") and not argv[1].startswith("-") and (
+            argv[0] == "analyze" or argv[1] not in BUILTIN_EVAL):
+        try:
+            return _run_protocol(argv[0], argv[1], argv[2:])
+        except MimkitError as exc:
+            print(f"mim {argv[0]} {argv[1]}: error: {exc}", file=sys.stderr)
+            return 2
     parser = argparse.ArgumentParser(prog="mim", description="mimkit: masked modeling for images, video and audio")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="pretrain a recipe (run under `accelerate launch` for several processes)")
-    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("recipe", help="recipe YAML file, or the name of a preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, value parsed as YAML (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
@@ -135,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_cmd_visualize)
-    p = sub.add_parser("eval", help="k-NN, linear probe or fine-tuning accuracy of an encoder (JSON result)")
-    p.add_argument("protocol", choices=["knn", "linprobe", "finetune"])
+    p = sub.add_parser("eval", help="k-NN, linear probe or fine-tuning accuracy of an encoder (JSON result); "
+                                    "`mim eval NAME --help` for a protocol a plugin registers")
+    p.add_argument("protocol", choices=list(BUILTIN_EVAL))
     p.add_argument("source", help="run folder, checkpoint folder, export .safetensors, official file, "
                                   "or recipe YAML with --init random")
     p.add_argument("--init", choices=["pretrained", "random"], default="pretrained",

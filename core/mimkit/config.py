@@ -146,6 +146,7 @@ def one_of(*choices: str):
         if value not in choices:
             raise FieldError(attribute.name, f"must be one of {list(choices)}, got {value!r}")
 
+    check.choices = choices  # type: ignore[attr-defined]  # read by the CLI for --help
     return check
 
 

@@ -112,9 +112,30 @@ def mimkit_datasets() -> Mapping[str, type]:
 
 @hookspec
 def mimkit_visualizers() -> Mapping[str, type]:
-    """Register pictures of a method's outputs. Protocol: ``cls(config)(model, batch, path)``
-    writes a PNG and returns its path. A model names its visualizer through its target's
-    ``visualizer`` attribute."""
+    """Register pictures of a method's outputs (reconstructions, completions, spectrograms).
+
+    Protocol: ``cls(config=None)`` (an attrs ``Config`` with defaults), then
+    ``vis(model, batch, path, *, mean, std, seed, title) -> Path`` writes a PNG of the model's
+    outputs on ``batch`` (held-out items; ``mean``/``std`` undo the data normalization) and
+    returns its path. A model names its visualizer with a ``visualizer`` attribute, on itself
+    or on its target (:func:`mimkit.viz.visualizer_name`); the trainer draws it at the end of a
+    run and ``mim visualize`` on demand.
+    """
+
+
+@hookspec
+def mimkit_protocols() -> Mapping[str, type]:
+    """Register evaluation and analysis protocols, run as ``mim eval NAME SOURCE...`` (also
+    ``mim analyze NAME SOURCE...``): zero-shot classification, corruption robustness,
+    test-time training, occlusion invariance, ...
+
+    Protocol: a class with an attrs ``Config`` whose fields become the command's flags
+    (``field_name`` -> ``--field-name``, defaults and ``one_of`` choices shown in ``--help``);
+    ``cls(config)(sources) -> dict`` receives the positional sources (run folders, checkpoints,
+    files; usually one) and returns a JSON-serializable record. The record's ``"summary"``
+    entry, when present, is the one line the CLI prints; the CLI writes the record to ``--out``
+    (default ``SOURCE/eval/NAME.json`` for a run folder, else ``eval/NAME.json``).
+    """
 
 
 @hookspec

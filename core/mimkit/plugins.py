@@ -21,7 +21,7 @@ from .errors import ConfigError, PluginError
 
 KINDS = (
     "maskers", "targets", "encoders", "decoders", "losses", "teachers", "models",
-    "presets", "datasets", "visualizers", "importers",
+    "presets", "datasets", "visualizers", "importers", "protocols",
 )
 DISABLE_ENV = "MIMKIT_DISABLE_PLUGIN_AUTOLOAD"
 

@@ -451,12 +451,11 @@ class _OnlineKNN:
 
 def _pictures(model: torch.nn.Module, recipe: Recipe, run_dir: Path) -> None:
     """loss_curve.png and, for pixel targets, reconstructions.png of held-out images."""
-    from .viz import loss_curve
+    from .viz import loss_curve, visualizer_name
 
     if (run_dir / "metrics.jsonl").is_file():
         loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png", title=f"{recipe.name}: training loss")
-    target = getattr(model, "target", None)
-    vis_name = getattr(target, "visualizer", None)
+    vis_name = visualizer_name(model)
     if vis_name is None:
         return
     reg = get_registry()

@@ -21,6 +21,11 @@ def _plt():
     return plt
 
 
+def visualizer_name(model: Any) -> str | None:
+    """The registered visualizer a model asks for: ``model.visualizer``, else its target's."""
+    return getattr(model, "visualizer", None) or getattr(getattr(model, "target", None), "visualizer", None)
+
+
 class ReconstructionGrid:
     """original | masked | reconstruction (visible patches pasted back), one row per image.
 
