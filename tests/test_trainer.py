@@ -166,3 +166,72 @@ def test_online_knn_is_logged_and_plotted(tmp_path):
     knn = [r["knn_top1"] for r in rows if "knn_top1" in r]
     assert len(knn) == 2 and all(0.0 <= v <= 1.0 for v in knn)
     assert (run / "loss_curve.png").stat().st_size > 1000 and (run / "reconstructions.png").is_file()
+
+
+def test_overwrite_with_a_typo_leaves_the_old_run_untouched(tmp_path):
+    """`mim train r.yaml --overwrite --set model.masker.ratoi=0.9` must fail before deleting anything."""
+    import yaml
+
+    run = mimkit.train(tiny_recipe(tmp_path, "keep", epochs=0.25))
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert (run / "metrics.jsonl").is_file()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, "keep", epochs=0.25)))
+    for bad in ("model.masker.ratoi=0.9", "model.decoder.depht=2", "data.rooot=/nowhere"):
+        out = subprocess.run([*MIM, "train", str(recipe), "--overwrite", "--set", bad],
+                             capture_output=True, text=True)
+        assert out.returncode == 2 and bad.split("=")[0] in out.stderr, out.stderr
+        with pytest.raises(mimkit.ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
+            mimkit.train(str(recipe), overrides=[bad], overwrite=True)
+    # a recipe that validates but cannot build (a data folder that does not exist) fails before rmtree too
+    with pytest.raises(mimkit.MimkitError):
+        mimkit.train(str(recipe), overrides=["data.root=/nowhere/at/all"], overwrite=True)
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_dry_run_prints_the_validated_recipe_and_writes_nothing(tmp_path):
+    import yaml
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path / "out", "dry")))
+    out = subprocess.run([*MIM, "train", str(recipe), "--dry-run", "--set", "model.masker.ratio=0.5"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    printed = yaml.safe_load(out.stdout)
+    assert printed["model"]["masker"]["ratio"] == 0.5 and printed["name"] == "dry"
+    expected = sum(p.numel() for p in mimkit.build(tiny_recipe(tmp_path, "dry")).parameters())
+    assert f"# parameters: {expected:,}" in out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]  # no run folder, nothing else
+    bad = subprocess.run([*MIM, "train", str(recipe), "--dry-run", "--set", "model.masker.ratoi=0.5"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and "model.masker.ratoi" in bad.stderr
+
+
+def test_plan_is_the_run_arithmetic():
+    from mimkit.config import TrainConfig
+    from mimkit.trainer import Plan
+
+    tc = TrainConfig(epochs=2.5, batch_size=32, grad_accum=2)
+    oc = OptimConfig(base_lr=1.5e-4, warmup_epochs=0.5)
+    p = Plan.make(1000, tc, oc, world=2)
+    # 1000 // 64 = 15 micro-batches -> 14 (multiple of 2 accumulation) -> 7 steps per epoch
+    assert (p.global_batch, p.micro_per_epoch, p.steps_per_epoch) == (64, 14, 7)
+    assert p.total_steps == round(2.5 * 7) and p.effective_batch == 128
+    assert p.peak_lr == pytest.approx(1.5e-4 * 128 / 256) and p.warmup_steps == round(0.5 * 7)
+    assert Plan.make(1000, TrainConfig(epochs=10, batch_size=32, max_steps=5), oc).total_steps == 5
+    assert Plan.make(1000, TrainConfig(batch_size=32), OptimConfig(lr=0.1)).peak_lr == 0.1
+    with pytest.raises(mimkit.MimkitError, match="lower train.batch_size"):
+        Plan.make(10, TrainConfig(batch_size=32), oc)
+
+
+def test_one_schedule_for_pretraining_and_evaluation():
+    from mimkit import evaluate, schedules
+
+    cfg = OptimConfig(min_lr=0.0, warmup_start_lr=0.0)
+    for step in (0, 3, 10, 50, 110, 200):
+        assert schedules.lr_at(step, 1e-3, cfg, 10, 110) == evaluate.cosine_lr(step, 1e-3, 10, 110)
+    wd = OptimConfig(weight_decay=0.04, weight_decay_end=0.4)
+    assert schedules.wd_at(0, wd, 100) == pytest.approx(0.04)
+    assert schedules.wd_at(50, wd, 100) == pytest.approx(0.22)
+    assert schedules.wd_at(100, wd, 100) == pytest.approx(0.4)

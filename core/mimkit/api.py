@@ -10,7 +10,7 @@ import yaml
 
 from . import checkpoint as ckpt
 from .components import BuildEnv
-from .config import Recipe, component, resolve
+from .config import Recipe, component, dump, resolve
 from .errors import CheckpointError
 from .plugins import registry as get_registry
 
@@ -32,13 +32,25 @@ def build_model(recipe: Recipe, registry: Any = None) -> torch.nn.Module:
     """The model a resolved recipe describes (the composed ``masked`` model by default)."""
     reg = registry or get_registry()
     cls, cfg = component("models", recipe.model, "model", reg, default="masked")
-    return cls(cfg, BuildEnv(registry=reg))
+    return cls(cfg, BuildEnv(registry=reg, load=load))
 
 
 def build(recipe: str | os.PathLike | Mapping[str, Any] | Recipe, overrides: list[str] | None = None) -> torch.nn.Module:
     """Resolve a recipe (file, mapping or Recipe; presets and ``overrides`` applied) and build
     its model, randomly initialized."""
     return build_model(resolve(recipe, overrides))
+
+
+def dry_run(recipe: str | os.PathLike | Mapping[str, Any] | Recipe,
+            overrides: list[str] | None = None) -> tuple[str, dict[str, int]]:
+    """The resolved, validated recipe as YAML and the model's parameter counts, built on the
+    meta device (no memory, no files written): what ``mim train --dry-run`` prints."""
+    resolved = resolve(recipe, overrides)
+    with torch.device("meta"):
+        model = build_model(resolved)
+    params = list(model.parameters())
+    return dump(resolved), {"total": sum(p.numel() for p in params),
+                            "trainable": sum(p.numel() for p in params if p.requires_grad)}
 
 
 def build_dataset(recipe: Recipe, train: bool | None = None, eval_split: bool = False, registry: Any = None):

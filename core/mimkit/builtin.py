@@ -8,6 +8,7 @@ from .components.targets import PixelTarget
 from .components.teachers import EMATeacher, FrozenTeacher
 from .components.vit import ViTEncoder
 from .data import FashionMNIST, ImageFolder
+from .evaluation import PROTOCOLS
 from .hookspecs import HOOK_API_VERSION, hookimpl
 from .model import MaskedModel
 from .viz import ReconstructionGrid
@@ -53,3 +54,8 @@ def mimkit_datasets():
 @hookimpl
 def mimkit_visualizers():
     return {"reconstruction": ReconstructionGrid}
+
+
+@hookimpl
+def mimkit_protocols():
+    return dict(PROTOCOLS)  # knn, linprobe, finetune

@@ -8,6 +8,13 @@ from .errors import MimkitError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        from .api import dry_run
+
+        text, params = dry_run(args.recipe, args.set)
+        print(text, end="")
+        print(f"# parameters: {params['total']:,} ({params['trainable']:,} trainable)")
+        return 0
     from .trainer import train
 
     run_dir = train(args.recipe, overrides=args.set, resume=args.resume, overwrite=args.overwrite)
@@ -52,37 +59,10 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
+def _cmd_protocols(args: argparse.Namespace) -> int:
+    from .plugins import registry
 
-    from . import evaluate
-
-    common = dict(init=args.init, seed=args.seed, labels_fraction=args.labels_fraction, split_seed=args.split_seed,
-                  limit_train=args.limit_train, limit_test=args.limit_test, val_root=args.val_root)
-    out = args.out
-    if out is None:
-        frac = "" if args.labels_fraction is None else f"_frac{args.labels_fraction:g}"
-        src = Path(args.source)
-        folder = src / "eval" if src.is_dir() and (src / "checkpoints").is_dir() else Path("eval")
-        out = folder / f"{args.protocol}_{args.init}{frac}_seed{args.seed}.json"
-    if args.protocol == "knn":
-        rec = evaluate.knn(args.source, k=args.k, temperature=args.temperature, pool=args.pool,
-                           batch_size=args.batch_size or 256, out=out, **common)
-    elif args.protocol == "linprobe":
-        rec = evaluate.linprobe(args.source, pool=args.pool, epochs=args.epochs or 90, batch_size=args.batch_size or 256,
-                                blr=args.blr if args.blr is not None else 0.1, optimizer=args.optimizer,
-                                warmup_epochs=args.warmup_epochs if args.warmup_epochs is not None else 10,
-                                out=out, **common)
-    else:
-        rec = evaluate.finetune(args.source, epochs=args.epochs or 100, batch_size=args.batch_size or 64,
-                                blr=args.blr if args.blr is not None else 5e-4, layer_decay=args.layer_decay,
-                                drop_path=args.drop_path, mixup=args.mixup, cutmix=args.cutmix,
-                                smoothing=args.smoothing,
-                                warmup_epochs=args.warmup_epochs if args.warmup_epochs is not None else 5,
-                                out=out, **common)
-    print(json.dumps(rec, indent=1))
-    print(f"{args.protocol}: top-1 {rec['top1']:.4f}  top-5 {rec['top5']:.4f}  (written to {out})")
+    print(f"mim {args.command} NAME SOURCE... ; registered protocols: {', '.join(registry().names('protocols'))}")
     return 0
 
 
@@ -115,9 +95,6 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         raise MimkitError(f"{metrics} holds no loss rows yet")
     print(f"wrote {path}")
     return 0
-
-
-BUILTIN_EVAL = ("knn", "linprobe", "finetune")
 
 
 def _protocol_parser(command: str, name: str, cls: type) -> argparse.ArgumentParser:
@@ -158,9 +135,11 @@ def _run_protocol(command: str, name: str, argv: list[str]) -> int:
             continue
         values[key] = text if isinstance(text, bool) else yaml.safe_load(text)
     config = structure(cls.Config, values, f"{command} {name}")
-    record = cls(config)(list(args.sources))
+    protocol = cls(config)
+    record = protocol(list(args.sources))
     src = Path(args.sources[0])
-    out = Path(args.out) if args.out else (src / "eval" if (src / "checkpoints").is_dir() else Path("eval")) / f"{name}.json"
+    file_name = protocol.record_name() if hasattr(protocol, "record_name") else f"{name}.json"
+    out = Path(args.out) if args.out else (src / "eval" if (src / "checkpoints").is_dir() else Path("eval")) / file_name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1, default=str) + "\n")
     print(record.get("summary") or json.dumps(record, indent=1, default=str))
@@ -170,8 +149,7 @@ def _run_protocol(command: str, name: str, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) >= 2 and argv[0] in ("eval", "analyze") and not argv[1].startswith("-") and (
-            argv[0] == "analyze" or argv[1] not in BUILTIN_EVAL):
+    if len(argv) >= 2 and argv[0] in ("eval", "analyze") and not argv[1].startswith("-"):
         try:
             return _run_protocol(argv[0], argv[1], argv[2:])
         except MimkitError as exc:
@@ -185,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a recipe key, value parsed as YAML (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run folder first")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved, validated recipe and the parameter count; touch nothing")
     p.set_defaults(fn=_cmd_train)
     p = sub.add_parser("plugins", help="list installed plugins, their components, and broken ones")
     p.add_argument("--strict", action="store_true", help="exit 1 when a plugin is broken")
@@ -195,34 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_cmd_visualize)
-    p = sub.add_parser("eval", help="k-NN, linear probe or fine-tuning accuracy of an encoder (JSON result); "
-                                    "`mim eval NAME --help` for a protocol a plugin registers")
-    p.add_argument("protocol", choices=list(BUILTIN_EVAL))
-    p.add_argument("source", help="run folder, checkpoint folder, export .safetensors, official file, "
-                                  "or recipe YAML with --init random")
-    p.add_argument("--init", choices=["pretrained", "random"], default="pretrained",
-                   help="random: same architecture, fresh weights (the baseline)")
-    p.add_argument("--seed", type=int, default=0, help="training / random-init seed")
-    p.add_argument("--labels-fraction", type=float, default=None, help="use a class-balanced fraction of the labels")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the labels-fraction split")
-    p.add_argument("--limit-train", type=int, default=None, help="only the first N training items")
-    p.add_argument("--limit-test", type=int, default=None, help="only the first N test items")
-    p.add_argument("--val-root", default=None, help="test folder for image_folder data")
-    p.add_argument("--pool", choices=["cls", "mean"], default="cls", help="frozen features: [CLS] or mean of tokens")
-    p.add_argument("--k", type=int, default=20)
-    p.add_argument("--temperature", type=float, default=0.07)
-    p.add_argument("--epochs", type=int, default=None, help="linprobe 90, finetune 100")
-    p.add_argument("--batch-size", type=int, default=None, help="knn/linprobe 256, finetune 64")
-    p.add_argument("--blr", type=float, default=None, help="base lr per 256: linprobe 0.1, finetune 5e-4")
-    p.add_argument("--warmup-epochs", type=float, default=None, help="linprobe 10, finetune 5")
-    p.add_argument("--optimizer", choices=["sgd", "lars"], default="sgd", help="linear probe optimizer")
-    p.add_argument("--layer-decay", type=float, default=0.75)
-    p.add_argument("--drop-path", type=float, default=0.1)
-    p.add_argument("--mixup", type=float, default=0.8)
-    p.add_argument("--cutmix", type=float, default=1.0)
-    p.add_argument("--smoothing", type=float, default=0.1)
-    p.add_argument("--out", default=None, help="result JSON (default RUN/eval/... or ./eval/...)")
-    p.set_defaults(fn=_cmd_eval)
+    for command, what in (("eval", "evaluate an encoder (k-NN, linear probe, fine-tuning, plugins' protocols)"),
+                          ("analyze", "run a registered analysis protocol")):
+        p = sub.add_parser(command, help=f"{what}: `mim {command} NAME SOURCE... [--flags]`, "
+                                         f"`mim {command} NAME --help` for a protocol's flags")
+        p.add_argument("protocol", nargs="?", help="a registered protocol; installed: run `mim plugins`")
+        p.set_defaults(fn=_cmd_protocols)
     p = sub.add_parser("export", help="export the encoder for timm, or the full model for mimkit.load")
     p.add_argument("source", help="run folder, checkpoint folder, export or official file")
     p.add_argument("--format", choices=["timm", "full"], default="timm")

@@ -1,154 +1,28 @@
-"""Recipes: YAML -> presets deep-merged -> ``--set`` overrides -> validated attrs classes.
+"""The recipe resolver: YAML -> presets deep-merged -> ``--set`` overrides -> a validated Recipe.
 
 Every error names the key path, the bad value and what is allowed. Component sections
-(``model``, ``data``, ``model.encoder``, ...) are mappings with a ``name`` that picks a
-registered class; the rest of the mapping is validated against that class's ``Config``.
+(``model``, ``data``, ``eval_data``, ``model.encoder``, ...) are mappings with a ``name`` that
+picks a registered class; the rest of the mapping is validated against that class's
+``Config``, recursively through the sub-components each ``Config`` declares
+(:func:`mimkit.schema.validate_component`). :func:`resolve` returns only fully validated
+recipes, so nothing on disk changes before a typo is reported.
 """
 from __future__ import annotations
 
 import copy
 import os
-import types
-import typing
 from pathlib import Path
 from typing import Any, Mapping
 
 import attrs
-import cattrs
-import cattrs.v
 import yaml
 
 from .errors import ConfigError
-
-# ---------------------------------------------------------------------------------------------
-# A strict converter: no silent int(1.5) or bool("false").
-
-converter = cattrs.Converter(forbid_extra_keys=True)
-
-
-def _strict(kind: type, accept: tuple[type, ...], reject: tuple[type, ...] = ()):
-    def hook(value: Any, _type: Any) -> Any:
-        if isinstance(value, reject) or not isinstance(value, accept):
-            raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
-        return kind(value)
-
-    return hook
-
-
-converter.register_structure_hook(int, _strict(int, (int,), (bool,)))
-converter.register_structure_hook(float, _strict(float, (int, float), (bool,)))
-converter.register_structure_hook(bool, _strict(bool, (bool,)))
-converter.register_structure_hook(str, _strict(str, (str,)))
-converter.register_structure_hook(Any, lambda v, _t: v)
-
-
-def _is_union(t: Any) -> bool:
-    return typing.get_origin(t) in (typing.Union, types.UnionType)
-
-
-def _structure_union(value: Any, t: Any) -> Any:
-    """Unions of plain types: None if allowed, else the first member type that accepts it."""
-    members = typing.get_args(t)
-    if value is None:
-        if type(None) in members:
-            return None
-        raise ValueError("a value is required, got null")
-    errors = []
-    for m in members:
-        if m is type(None):
-            continue
-        try:
-            return converter.structure(value, m)
-        except Exception as exc:  # try the next member
-            errors.append(str(exc))
-    names = " or ".join(getattr(m, "__name__", str(m)) for m in members if m is not type(None))
-    raise ValueError(f"expected {names}, got {type(value).__name__} {value!r}")
-
-
-converter.register_structure_hook_func(_is_union, _structure_union)
-
-
-def _check_keys(cls: type, data: Mapping, path: str) -> None:
-    """Unknown and missing keys, recursively through nested attrs classes, named by path."""
-    fields = {a.name: a for a in attrs.fields(attrs.resolve_types(cls))}
-    extra = [k for k in data if k not in fields]
-    if extra:
-        raise ConfigError(f"unknown key {_join(path, str(extra[0]))!r}; allowed keys here: {', '.join(fields)}")
-    missing = [n for n, a in fields.items() if a.default is attrs.NOTHING and n not in data]
-    if missing:
-        raise ConfigError(f"missing required key {_join(path, missing[0])!r}")
-    for name, a in fields.items():
-        if isinstance(a.type, type) and attrs.has(a.type) and isinstance(data.get(name), Mapping):
-            _check_keys(a.type, data[name], _join(path, name))
-
-
-def structure(cls: type, data: Any, path: str) -> Any:
-    """Validate ``data`` into the attrs class ``cls``; errors name ``path.key`` and the choices."""
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or 'recipe'}: expected a mapping, got {type(data).__name__} {data!r}")
-    _check_keys(cls, data, path)
-    try:
-        return converter.structure(dict(data), cls)
-    except cattrs.BaseValidationError as exc:
-        messages = cattrs.transform_error(exc, path="$", format_exception=_format)
-        first = messages[0] if messages else str(exc)
-        msg, _, where = first.partition(" @ ")
-        keys = [k for k in where.replace("$", "").replace("['", ".").replace("']", "").split(".") if k]
-        field = _field_error(exc)
-        if field is not None:  # an attrs validator failed inside the class: point at its field
-            keys.append(field.field)
-        value: Any = data
-        for k in keys:
-            value = value.get(k, "?") if isinstance(value, Mapping) else "?"
-        raise ConfigError(f"invalid value {value!r} for {_join(path, '.'.join(keys))!r}: {msg}") from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid value at {path or 'recipe'!r}: {exc}") from None
-
-
-class FieldError(ValueError):
-    """A validator failure that knows its field name (for the key path in the message)."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
-
-def _field_error(exc: BaseException) -> FieldError | None:
-    if isinstance(exc, FieldError):
-        return exc
-    for sub in getattr(exc, "exceptions", ()):
-        found = _field_error(sub)
-        if found is not None:
-            return found
-    return None
-
-
-def _format(exc: BaseException, type_: Any) -> str:
-    if isinstance(exc, ValueError) and str(exc):
-        return str(exc)
-    return cattrs.v.format_exception(exc, type_)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path and key else (path or key)
-
-
-def unstructure(obj: Any) -> Any:
-    return converter.unstructure(obj)
-
-
-def one_of(*choices: str):
-    """An attrs validator whose error lists the allowed values."""
-
-    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value not in choices:
-            raise FieldError(attribute.name, f"must be one of {list(choices)}, got {value!r}")
-
-    check.choices = choices  # type: ignore[attr-defined]  # read by the CLI for --help
-    return check
-
+from .plugins import Registry
+from .plugins import registry as get_registry
+from .schema import (  # noqa: F401  (re-exported: the schema toolkit used to live here)
+    FieldError, component, converter, one_of, structure, unstructure, validate_component,
+)
 
 # ---------------------------------------------------------------------------------------------
 # The recipe
@@ -303,12 +177,10 @@ def resolve_presets(raw: Mapping[str, Any], registry: Any, _seen: tuple[str, ...
 def resolve(
     recipe: str | os.PathLike | Mapping[str, Any] | Recipe,
     overrides: list[str] | None = None,
-    registry: Any = None,
+    registry: Registry | None = None,
 ) -> Recipe:
     """Any recipe form (file path, mapping, Recipe) -> a validated :class:`Recipe`."""
     if registry is None:
-        from .plugins import registry as get_registry
-
         registry = get_registry()
     if isinstance(recipe, Recipe):
         raw = unstructure(recipe)
@@ -323,27 +195,20 @@ def resolve(
         raw = load_yaml(recipe)
     raw = apply_overrides(raw, overrides)
     raw = resolve_presets(raw, registry)
-    return structure(Recipe, raw, "")
+    recipe_obj = structure(Recipe, raw, "")
+    validate(recipe_obj, registry)
+    return recipe_obj
+
+
+def validate(recipe: Recipe, registry: Registry) -> None:
+    """Validate every component spec of ``recipe`` (model, data, eval_data and their nested
+    components) against its class's ``Config``; raises :class:`ConfigError` naming the key."""
+    validate_component("models", recipe.model, "model", registry, default="masked")
+    validate_component("datasets", recipe.data, "data", registry)
+    if recipe.eval_data is not None:
+        validate_component("datasets", recipe.eval_data, "eval_data", registry)
 
 
 def dump(recipe: Recipe) -> str:
     """The resolved recipe as YAML (saved into every run folder)."""
     return yaml.safe_dump(unstructure(recipe), sort_keys=False)
-
-
-def component(kind: str, spec: Any, path: str, registry: Any, default: str | None = None) -> tuple[type, Any]:
-    """Look up a component spec ``{name: ..., **options}`` -> (class, validated Config)."""
-    if spec is None:
-        spec = {}
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"{path}: expected a mapping with a 'name', got {spec!r}")
-    name = spec.get("name", default)
-    if name is None:
-        names = ", ".join(registry.names(kind))
-        raise ConfigError(f"missing required key '{path}.name'; registered {kind}: {names}")
-    cls = registry.get(kind, name, where=path)
-    cfg = structure(cls.Config, {k: v for k, v in spec.items() if k != "name"}, path)
-    return cls, cfg
-

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 from torchvision.transforms import v2
 
-from .config import one_of
+from .schema import one_of
 from .errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -73,6 +73,11 @@ class FashionMNIST(Dataset):
         crop_scale: tuple[float, float] = (0.2, 1.0)
         flip: bool = True
         limit: int | None = None  # the first N samples (tests, quick runs)
+
+    @classmethod
+    def eval_split(cls, config: "FashionMNIST.Config", split: str) -> "FashionMNIST.Config":
+        """The whole labelled ``split`` ("train": 60,000 images, "test": 10,000) for evaluation."""
+        return attrs.evolve(config, split=split, limit=None)
 
     def __init__(self, config: "FashionMNIST.Config", split: str | None = None, train: bool | None = None):
         self.config = config
@@ -135,6 +140,19 @@ class ImageFolder(Dataset):
         std: tuple[float, ...] | None = None
         bad_data: str = attrs.field(default="error", validator=one_of("error", "skip"))
         max_pixels: int = 1 << 28  # refuse decompression bombs beyond this
+
+    @classmethod
+    def eval_split(cls, config: "ImageFolder.Config", split: str) -> "ImageFolder.Config | None":
+        """Labelled evaluation splits: a ``root`` named ``train`` is the train split and its
+        sibling ``val`` (or ``test``) folder, when present, the test split (ImageNet layout)."""
+        root = Path(config.root)
+        if split == "train":
+            return config
+        if root.name == "train":
+            for name in ("val", "test"):
+                if (root.parent / name).is_dir():
+                    return attrs.evolve(config, root=str(root.parent / name))
+        return None
 
     def __init__(self, config: "ImageFolder.Config", split: str | None = None, train: bool | None = None):
         self.config = config

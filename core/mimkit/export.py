@@ -21,7 +21,7 @@ from . import checkpoint as ckpt
 from .config import dump
 from .errors import MimkitError
 from .api import ENCODER_PREFIX
-from .evaluate import load_source, timm_kwargs, vit_encoder
+from .evaluation import load_source, timm_kwargs, vit_encoder
 
 FORMATS = ("timm", "full")
 

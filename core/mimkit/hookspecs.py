@@ -9,13 +9,20 @@ registered by two plugins is an error naming both.
 
 A component class has a nested ``Config`` attrs class (validated before anything is built)
 and is constructed as ``cls(config, env)`` where ``env`` is a :class:`mimkit.components.BuildEnv`
-holding what was built before it (the encoder, the target's width, ...).
+holding what was built before it (the encoder, the target's width, ...). The return types name
+the contract of each kind: the bases :class:`~mimkit.components.Masker`,
+:class:`~mimkit.components.Loss`, :class:`~mimkit.model.MethodModel` and the structural
+protocols of :mod:`mimkit.components` (``Encoder``, ``Decoder``, ``Target``, ``Teacher``,
+``Visualizer``, ``Dataset``, ``EvalProtocol``).
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
 import pluggy
+
+from .components import Dataset, Decoder, Encoder, EvalProtocol, Loss, Masker, Target, Teacher, Visualizer
+from .model import MethodModel
 
 PROJECT = "mimkit"
 #: Bumped when a hook's meaning changes; a plugin declaring another version is refused.
@@ -30,7 +37,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def mimkit_maskers() -> Mapping[str, type]:
+def mimkit_maskers() -> Mapping[str, type[Masker]]:
     """Register maskers: modules that decide which tokens (or frequencies) are hidden.
 
     Protocol: ``sample_noise(generator) -> Tensor`` draws one sample's randomness in the data
@@ -41,7 +48,7 @@ def mimkit_maskers() -> Mapping[str, type]:
 
 
 @hookspec
-def mimkit_targets() -> Mapping[str, type]:
+def mimkit_targets() -> Mapping[str, type[Target]]:
     """Register targets: modules computing what the decoder must predict.
 
     Protocol: attribute ``dim`` (values per token) and ``forward(batch, mask, ctx) -> Tensor``
@@ -51,7 +58,7 @@ def mimkit_targets() -> Mapping[str, type]:
 
 
 @hookspec
-def mimkit_encoders() -> Mapping[str, type]:
+def mimkit_encoders() -> Mapping[str, type[Encoder]]:
     """Register encoders.
 
     Protocol: attributes ``embed_dim``, ``grid`` (t, h, w), ``patch`` (pt, ph, pw),
@@ -62,7 +69,7 @@ def mimkit_encoders() -> Mapping[str, type]:
 
 
 @hookspec
-def mimkit_decoders() -> Mapping[str, type]:
+def mimkit_decoders() -> Mapping[str, type[Decoder]]:
     """Register decoders.
 
     Protocol: attribute ``predict`` ("all" or "masked"); ``forward(latent, mask, ctx) -> pred``
@@ -71,7 +78,7 @@ def mimkit_decoders() -> Mapping[str, type]:
 
 
 @hookspec
-def mimkit_losses() -> Mapping[str, type]:
+def mimkit_losses() -> Mapping[str, type[Loss]]:
     """Register losses.
 
     Protocol: ``forward(outputs, batch, ctx) -> Tensor`` (a scalar). A loss reads the outputs
@@ -81,7 +88,7 @@ def mimkit_losses() -> Mapping[str, type]:
 
 
 @hookspec
-def mimkit_teachers() -> Mapping[str, type]:
+def mimkit_teachers() -> Mapping[str, type[Teacher]]:
     """Register teachers: gradient-free models whose outputs feed maskers, targets and losses.
 
     Protocol: ``forward(batch, ctx) -> dict`` stored in ``ctx.teacher`` before masking;
@@ -90,7 +97,7 @@ def mimkit_teachers() -> Mapping[str, type]:
 
 
 @hookspec
-def mimkit_models() -> Mapping[str, type]:
+def mimkit_models() -> Mapping[str, type[MethodModel]]:
     """Register whole-method models for flows the composed masked model does not cover
     (iGPT, FLIP, TTT, CMAE). Protocol: ``cls(config, env)``; ``forward(batch, ctx) -> Outputs``
     with ``loss`` and ``losses`` set. Optional: ``set_schedule(total_steps, steps_per_epoch)``,
@@ -105,13 +112,13 @@ def mimkit_presets() -> Mapping[str, Mapping[str, Any]]:
 
 
 @hookspec
-def mimkit_datasets() -> Mapping[str, type]:
+def mimkit_datasets() -> Mapping[str, type[Dataset]]:
     """Register data sources. Protocol: ``cls(config, split=..., train=...)`` is a map-style
     dataset whose items are dicts ("image" | "video" | "audio", optional "label")."""
 
 
 @hookspec
-def mimkit_visualizers() -> Mapping[str, type]:
+def mimkit_visualizers() -> Mapping[str, type[Visualizer]]:
     """Register pictures of a method's outputs (reconstructions, completions, spectrograms).
 
     Protocol: ``cls(config=None)`` (an attrs ``Config`` with defaults), then
@@ -124,7 +131,7 @@ def mimkit_visualizers() -> Mapping[str, type]:
 
 
 @hookspec
-def mimkit_protocols() -> Mapping[str, type]:
+def mimkit_protocols() -> Mapping[str, type[EvalProtocol]]:
     """Register evaluation and analysis protocols, run as ``mim eval NAME SOURCE...`` (also
     ``mim analyze NAME SOURCE...``): zero-shot classification, corruption robustness,
     test-time training, occlusion invariance, ...

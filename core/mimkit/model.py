@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .components import BuildEnv
-from .config import component
+from .schema import component
 from .errors import ConfigError
 from .geometry import gather_tokens
 from .types import Context, Mask, Outputs
@@ -57,12 +57,12 @@ class MaskedModel(MethodModel):
 
     @attrs.define(kw_only=True)
     class Config:
-        encoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "vit"})
-        masker: dict[str, Any] = attrs.field(factory=lambda: {"name": "random"})
-        target: dict[str, Any] | None = attrs.field(factory=lambda: {"name": "pixels"})
-        decoder: dict[str, Any] | None = None
-        losses: dict[str, dict[str, Any]] = attrs.field(factory=lambda: {"rec": {"name": "masked_mse"}})
-        teacher: dict[str, Any] | None = None
+        encoder: dict[str, Any] = attrs.field(metadata={"component": "encoders"}, factory=lambda: {"name": "vit"})
+        masker: dict[str, Any] = attrs.field(metadata={"component": "maskers"}, factory=lambda: {"name": "random"})
+        target: dict[str, Any] | None = attrs.field(metadata={"component": "targets"}, factory=lambda: {"name": "pixels"})
+        decoder: dict[str, Any] | None = attrs.field(default=None, metadata={"component": "decoders"})
+        losses: dict[str, dict[str, Any]] = attrs.field(metadata={"components": "losses"}, factory=lambda: {"rec": {"name": "masked_mse"}})
+        teacher: dict[str, Any] | None = attrs.field(default=None, metadata={"component": "teachers"})
         input_key: str = "image"
 
     def __init__(self, config: "MaskedModel.Config", env: BuildEnv):

@@ -7,6 +7,7 @@ repeated names). A plugin that fails is recorded as broken with its error; the o
 """
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
 import os
 import traceback
@@ -24,6 +25,9 @@ KINDS = (
     "presets", "datasets", "visualizers", "importers", "protocols",
 )
 DISABLE_ENV = "MIMKIT_DISABLE_PLUGIN_AUTOLOAD"
+#: The core's own plugin, loaded by name like any other (it sits above the registry: its
+#: components and protocols may use the whole core).
+BUILTIN_PLUGIN = "mimkit.builtin"
 
 
 @attrs.define
@@ -138,8 +142,7 @@ def _entry_points() -> Iterable[md.EntryPoint]:
 
 def build_registry(autoload: bool | None = None) -> Registry:
     """Load the built-in plugin, then every entry point of the group ``mimkit``."""
-    from . import builtin
-
+    builtin = importlib.import_module(BUILTIN_PLUGIN)
     registry = Registry(manager=_make_manager())
     registry.plugins.append(PluginInfo("mimkit (builtin)", _version("mimkit"), builtin.__name__))
     registry.plugins[0].components = _collect(builtin, "mimkit (builtin)", registry)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
@@ -28,11 +29,14 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .api import build_dataset, build_model, load_state
-from .config import OptimConfig, Recipe, dump, resolve
+from .config import OptimConfig, Recipe, TrainConfig, dump, resolve
 from .data import SeededDataset, collate, epoch_batches, seed_for
 from .errors import MimkitError
+from .evaluation.knn import knn_predict
 from .plugins import registry as get_registry
+from .schedules import lr_at, wd_at  # noqa: F401  (lr_at: re-exported)
 from .types import Context
+from .viz import loss_curve, visualizer_name
 
 
 class NonFiniteLoss(MimkitError):
@@ -40,7 +44,7 @@ class NonFiniteLoss(MimkitError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Optimizer and schedules
+# Optimizer
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, decay_tokens: bool = True) -> list[dict]:
@@ -72,24 +76,6 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torch
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), **kwargs)
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, **kwargs)
-
-
-def lr_at(step: int, peak: float, cfg: OptimConfig, warmup_steps: int, total_steps: int) -> float:
-    """Linear warmup from ``warmup_start_lr`` to ``peak``, then half-cycle cosine to ``min_lr``
-    (per step, as the official code adjusts per iteration)."""
-    if step < warmup_steps:
-        return cfg.warmup_start_lr + (peak - cfg.warmup_start_lr) * step / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return cfg.min_lr + (peak - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def wd_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """Constant weight decay, or a cosine from ``weight_decay`` to ``weight_decay_end``."""
-    if cfg.weight_decay_end is None:
-        return cfg.weight_decay
-    progress = min(1.0, step / max(1, total_steps))
-    return cfg.weight_decay_end + (cfg.weight_decay - cfg.weight_decay_end) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def resolve_precision(value: str) -> str:
@@ -173,6 +159,292 @@ class _Stop:
             signal.signal(sig, handler)
 
 
+@attrs.frozen
+class Plan:
+    """The run's arithmetic, a pure function of the dataset size, the recipe and the world size."""
+
+    global_batch: int  # samples per micro-step over all processes
+    micro_per_epoch: int  # micro-batches per epoch (a multiple of grad_accum)
+    steps_per_epoch: int  # optimizer steps per epoch
+    total_steps: int
+    effective_batch: int  # samples per optimizer step
+    peak_lr: float
+    warmup_steps: int
+
+    @classmethod
+    def make(cls, num_samples: int, tc: TrainConfig, oc: OptimConfig, world: int = 1) -> "Plan":
+        global_batch = tc.batch_size * world
+        micro_per_epoch = (num_samples // global_batch) // tc.grad_accum * tc.grad_accum
+        if micro_per_epoch == 0:
+            raise MimkitError(
+                f"dataset of {num_samples} samples is smaller than one optimizer step "
+                f"({global_batch} x {tc.grad_accum} accumulation); lower train.batch_size"
+            )
+        steps_per_epoch = micro_per_epoch // tc.grad_accum
+        total_steps = max(1, int(round(tc.epochs * steps_per_epoch)))
+        if tc.max_steps is not None:
+            total_steps = min(total_steps, tc.max_steps)
+        effective_batch = global_batch * tc.grad_accum
+        peak_lr = oc.lr if oc.lr is not None else oc.base_lr * effective_batch / oc.ref_batch
+        return cls(global_batch, micro_per_epoch, steps_per_epoch, total_steps, effective_batch, peak_lr,
+                   int(round(oc.warmup_epochs * steps_per_epoch)))
+
+
+@attrs.define
+class RunState:
+    """Where the loop is (saved in every checkpoint) and the current logging window."""
+
+    step: int = 0
+    epoch: int = 0
+    micro: int = 0
+    skipped: int = 0
+    bad_files: int = 0
+    status: str = "finished"
+    lr: float = 0.0
+    sums: dict[str, torch.Tensor] = attrs.field(factory=dict)  # loss terms summed over the window
+    count: int = 0
+    t_log: float = attrs.field(factory=time.perf_counter)
+    seen_log: int = 0
+
+
+def _accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
+    # Without CUDA, `accelerate launch --multi_gpu` starts the processes but Accelerate only joins
+    # them (gloo) when told to run on the CPU.
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not distributed:  # Accelerate's state is a process singleton: let notebooks train twice
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return Accelerator(
+        cpu=distributed and not torch.cuda.is_available(),
+        mixed_precision=resolve_precision(recipe.train.mixed_precision),
+        gradient_accumulation_steps=recipe.train.grad_accum,
+        log_with="tensorboard",
+        project_dir=str(run_dir),
+    )
+
+
+def _build(recipe: Recipe) -> tuple[torch.nn.Module, Any]:
+    """The model (same initial weights on every rank) and the training dataset."""
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe)
+    if recipe.train.grad_checkpointing:  # activation checkpointing in the encoder and the decoder
+        if hasattr(getattr(model, "encoder", None), "vit"):
+            model.encoder.vit.set_grad_checkpointing(True)
+        if hasattr(getattr(model, "decoder", None), "grad_checkpointing"):
+            model.decoder.grad_checkpointing = True
+    return model, build_dataset(recipe)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train over checkpoints unless resuming or overwriting; delete on overwrite."""
+    ckpt_dir = run_dir / "checkpoints"
+    if ckpt_dir.exists() and ckpt.complete_checkpoints(ckpt_dir) and not (resume or overwrite):
+        raise MimkitError(f"{run_dir} already holds checkpoints: pass --resume to continue or --overwrite to start over")
+    if overwrite and not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    _check_writable(run_dir)
+
+
+class _Run:
+    """One training run's live objects and its named steps."""
+
+    def __init__(self, recipe: Recipe, accelerator: Accelerator, model: torch.nn.Module, plan: Plan,
+                 run_dir: Path):
+        self.recipe, self.accelerator, self.plan, self.run_dir = recipe, accelerator, plan, run_dir
+        self.tc, self.oc = recipe.train, recipe.optim
+        self.ckpt_dir, self.metrics_file = run_dir / "checkpoints", run_dir / "metrics.jsonl"
+        self.main, self.world, self.rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+        optimizer = make_optimizer(model, self.oc, lr=0.0)
+        if self.tc.compile:
+            model = torch.compile(model)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        core = accelerator.unwrap_model(self.model)
+        self.core = getattr(core, "_orig_mod", core)
+        if hasattr(self.core, "set_schedule"):
+            self.core.set_schedule(plan.total_steps, plan.steps_per_epoch)
+        self.state = RunState()
+
+    # -- restore and save ---------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Model, optimizer, RNG and loop position from the newest complete checkpoint."""
+        last = ckpt.latest(self.ckpt_dir)
+        if last is None:
+            self.accelerator.print(f"no complete checkpoint in {self.ckpt_dir}: starting from scratch")
+            return
+        saved = ckpt.load_json(last / "state.json")
+        if saved.get("format") != ckpt.FORMAT_VERSION:
+            raise MimkitError(f"{last}: checkpoint format {saved.get('format')} is not {ckpt.FORMAT_VERSION}")
+        load_state(self.core, ckpt.load_tensors(last / "model.safetensors"), str(last / "model.safetensors"))
+        self.optimizer.optimizer.load_state_dict(ckpt.load_torch(last / "optimizer.pt"))
+        rng_file = last / f"rng_rank{self.rank}.safetensors"
+        if rng_file.is_file():
+            ckpt.set_rng_state(ckpt.load_tensors(rng_file))
+        s = self.state
+        s.step, s.epoch, s.micro = saved["step"], saved["epoch"], saved["micro"]
+        self.accelerator.print(f"resumed from {last} (step {s.step}, epoch {s.epoch})")
+        if (last / "recipe.yaml").read_text() != dump(self.recipe):
+            self.accelerator.print("warning: the recipe differs from the one the checkpoint was trained with")
+
+    def write_metadata(self) -> None:
+        if self.main:
+            p = self.plan
+            (self.run_dir / "recipe.yaml").write_text(dump(self.recipe))
+            meta = run_metadata(self.recipe, self.accelerator) | {
+                "total_steps": p.total_steps, "peak_lr": p.peak_lr, "effective_batch": p.effective_batch,
+                "steps_per_epoch": p.steps_per_epoch}
+            (self.run_dir / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+        self.accelerator.init_trackers("tensorboard")
+
+    def save(self, reason: str) -> Path | None:
+        """An atomic checkpoint of everything needed to continue bitwise-identically."""
+        rngs = gather_object([ckpt.rng_state()["torch_cpu"]])
+        s, path = self.state, None
+        if self.main:
+            files: dict[str, Any] = {
+                "model.safetensors": ckpt.state_dict_for_save(self.core),
+                "optimizer.pt": self.optimizer.optimizer.state_dict(),
+                "state.json": {"format": ckpt.FORMAT_VERSION, "step": s.step, "epoch": s.epoch, "micro": s.micro,
+                               "reason": reason, "world_size": self.world, "total_steps": self.plan.total_steps},
+                "recipe.yaml": dump(self.recipe),
+            }
+            for r, t in enumerate(rngs):
+                files[f"rng_rank{r}.safetensors"] = {"torch_cpu": t}
+            try:
+                path = ckpt.write(self.ckpt_dir, s.step, files, self.tc.keep_last)
+            except OSError as exc:  # disk full, quota, permissions: the previous checkpoint is intact
+                prev = ckpt.latest(self.ckpt_dir)
+                raise MimkitError(f"cannot write the checkpoint of step {s.step} into {self.ckpt_dir}: {exc}. "
+                                  f"The previous checkpoint is intact: {prev}") from None
+        self.accelerator.wait_for_everyone()
+        return path
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def set_schedule(self) -> None:
+        """lr and weight decay of the current step into every parameter group."""
+        p, step = self.plan, self.state.step
+        self.state.lr = lr = lr_at(step, p.peak_lr, self.oc, p.warmup_steps, p.total_steps)
+        wd = wd_at(step, self.oc, p.total_steps)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+            if g.get("apply_wd"):
+                g["weight_decay"] = wd
+
+    def loader(self, seeded: SeededDataset) -> DataLoader:
+        """The rest of the current epoch's batches for this process."""
+        s, p = self.state, self.plan
+        seeded.set_epoch(s.epoch)
+        batches = epoch_batches(len(seeded), self.recipe.seed, s.epoch, p.global_batch, self.rank,
+                                self.world)[:p.micro_per_epoch]
+        return DataLoader(seeded, batch_sampler=batches[s.micro:], collate_fn=collate,
+                          num_workers=self.tc.num_workers, pin_memory=self.accelerator.device.type == "cuda")
+
+    def train_step(self, batch: dict, ctx: Context) -> bool:
+        """Forward, backward and (at the accumulation boundary) the optimizer step of one
+        micro-batch; returns whether an optimizer step ended."""
+        acc, s = self.accelerator, self.state
+        s.bad_files += len(batch.pop("_skipped", []))
+        batch = {k: (v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        ctx.step, ctx.epoch = s.step, s.epoch
+        with acc.accumulate(self.model):
+            out = self.model(batch, ctx)
+            finite = True
+            if self.tc.nonfinite == "skip":  # every rank must agree before anyone skips backward
+                bad = torch.tensor(0.0 if bool(torch.isfinite(out.loss)) else 1.0, device=acc.device)
+                finite = acc.reduce(bad, "sum").item() == 0
+            if finite:
+                acc.backward(out.loss)
+                if acc.sync_gradients and self.oc.clip_grad is not None:
+                    acc.clip_grad_norm_(self.model.parameters(), self.oc.clip_grad)
+                self.optimizer.step()
+            else:
+                s.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+        s.micro += 1
+        if finite:
+            for k, v in {"loss": out.loss, **{f"loss/{n}": t for n, t in out.losses.items()}}.items():
+                s.sums[k] = s.sums.get(k, 0.0) + v.detach().float()
+            s.count += 1
+        if not acc.sync_gradients:
+            return False
+        s.step += 1
+        if hasattr(self.core, "on_step_end"):
+            self.core.on_step_end(s.step)
+        self.set_schedule()
+        s.seen_log += self.plan.effective_batch
+        return True
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def window_terms(self) -> dict[str, float]:
+        s = self.state
+        return {k: self.accelerator.reduce(v / s.count, "mean").item() for k, v in s.sums.items()}
+
+    def check_finite(self, terms: dict[str, float]) -> None:
+        if not all(math.isfinite(v) for v in terms.values()):
+            named = ", ".join(f"{k}={v}" for k, v in terms.items())
+            raise NonFiniteLoss(
+                f"non-finite loss at step {self.state.step} ({named}); the last good checkpoint in {self.ckpt_dir} "
+                "is kept. Lower the lr, enable train.clip_grad / bf16, or set train.nonfinite=skip"
+            )
+
+    def log_window(self, bar: tqdm) -> None:
+        """Mean loss terms since the last row -> metrics.jsonl, TensorBoard and the progress bar."""
+        s = self.state
+        terms = self.window_terms()
+        if self.tc.nonfinite == "stop":
+            self.check_finite(terms)
+        dt = time.perf_counter() - s.t_log
+        rate = s.seen_log / dt if dt > 0 else 0.0
+        row = {"step": s.step, "epoch": s.epoch, "lr": s.lr, "images_per_s": rate, **terms}
+        if s.skipped:
+            row["skipped_steps"] = s.skipped
+        if self.main:
+            with open(self.metrics_file, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{rate:.0f}", lr=f"{s.lr:.2e}")
+        self.accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=s.step)
+        s.sums, s.count, s.t_log, s.seen_log = {}, 0, time.perf_counter(), 0
+
+    def probe_knn(self, probe: "_OnlineKNN | None") -> None:
+        if probe is not None:
+            top1 = probe(self.core)
+            with open(self.metrics_file, "a") as f:
+                f.write(json.dumps({"step": self.state.step, "knn_top1": top1}) + "\n")
+            self.accelerator.log({"knn_top1": top1}, step=self.state.step)
+        self.accelerator.wait_for_everyone()
+
+    def end_epoch_if_done(self) -> None:
+        s = self.state
+        if s.micro >= self.plan.micro_per_epoch:
+            s.epoch, s.micro = s.epoch + 1, 0
+            if hasattr(self.core, "on_epoch_end"):
+                self.core.on_epoch_end(s.epoch)
+            if s.bad_files and self.main:
+                self.accelerator.print(f"epoch {s.epoch}: skipped {s.bad_files} unreadable files so far")
+
+    def stop_requested(self, stop: "_Stop") -> bool:
+        """A signal on any process stops every process."""
+        if self.world == 1:
+            return stop.flag
+        flag = torch.tensor(1.0 if stop.flag else 0.0, device=self.accelerator.device)
+        return self.accelerator.reduce(flag, "sum").item() > 0
+
+    def finish(self) -> None:
+        s = self.state
+        self.accelerator.end_training()
+        if not self.main:
+            return
+        result = {"status": s.status, "step": s.step, "epoch": s.epoch, "skipped_steps": s.skipped,
+                  "bad_files": s.bad_files}
+        (self.run_dir / "result.json").write_text(json.dumps(result, indent=1))
+        if s.status == "preempted":
+            print(f"stopped by signal at step {s.step}; checkpoint saved. Continue with --resume", file=sys.stderr)
+        if self.tc.visualize and s.status == "finished":
+            _pictures(self.core, self.recipe, self.run_dir)
+
+
 def train(
     recipe: Any,
     overrides: list[str] | None = None,
@@ -180,238 +452,55 @@ def train(
     overwrite: bool = False,
 ) -> Path:
     """Pretrain the recipe's model; returns the run folder (``output_dir/name``)."""
-    recipe = resolve(recipe, overrides)
-    tc, oc = recipe.train, recipe.optim
+    recipe = resolve(recipe, overrides)  # fully validated: nothing on disk changes on a typo
+    tc = recipe.train
     run_dir = Path(recipe.output_dir) / recipe.name
-    ckpt_dir = run_dir / "checkpoints"
-    # Without CUDA, `accelerate launch --multi_gpu` starts the processes but Accelerate only joins
-    # them (gloo) when told to run on the CPU.
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    cpu_distributed = distributed and not torch.cuda.is_available()
-    if not distributed:  # Accelerate's state is a process singleton: let notebooks train twice
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    accelerator = Accelerator(
-        cpu=cpu_distributed,
-        mixed_precision=resolve_precision(tc.mixed_precision),
-        gradient_accumulation_steps=tc.grad_accum,
-        log_with="tensorboard",
-        project_dir=str(run_dir),
-    )
-    main = accelerator.is_main_process
-    if main:
-        if ckpt_dir.exists() and ckpt.complete_checkpoints(ckpt_dir) and not (resume or overwrite):
-            raise MimkitError(f"{run_dir} already holds checkpoints: pass --resume to continue or --overwrite to start over")
-        if overwrite and not resume and run_dir.exists():
-            shutil.rmtree(run_dir)
-        _check_writable(run_dir)
-    accelerator.wait_for_everyone()
+    accelerator = _accelerator(recipe, run_dir)
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-    torch.manual_seed(recipe.seed)  # same initial weights on every rank
-    model = build_model(recipe)
-    if tc.grad_checkpointing:  # activation checkpointing in the encoder and the decoder
-        if hasattr(getattr(model, "encoder", None), "vit"):
-            model.encoder.vit.set_grad_checkpointing(True)
-        if hasattr(getattr(model, "decoder", None), "grad_checkpointing"):
-            model.decoder.grad_checkpointing = True
-    dataset = build_dataset(recipe)
+    model, dataset = _build(recipe)  # before the run folder changes: a bad data path leaves it intact
+    if accelerator.is_main_process:
+        prepare_run_dir(run_dir, resume, overwrite)
+    accelerator.wait_for_everyone()
     seeded = SeededDataset(dataset, recipe.seed, getattr(getattr(model, "masker", None), "sample_noise", None))
-
-    world, rank = accelerator.num_processes, accelerator.process_index
-    global_batch = tc.batch_size * world
-    micro_per_epoch = (len(dataset) // global_batch) // tc.grad_accum * tc.grad_accum
-    if micro_per_epoch == 0:
-        raise MimkitError(
-            f"dataset of {len(dataset)} samples is smaller than one optimizer step "
-            f"({global_batch} x {tc.grad_accum} accumulation); lower train.batch_size"
-        )
-    steps_per_epoch = micro_per_epoch // tc.grad_accum
-    total_steps = max(1, int(round(tc.epochs * steps_per_epoch)))
-    if tc.max_steps is not None:
-        total_steps = min(total_steps, tc.max_steps)
-    eff_batch = global_batch * tc.grad_accum
-    peak_lr = oc.lr if oc.lr is not None else oc.base_lr * eff_batch / oc.ref_batch
-    warmup_steps = int(round(oc.warmup_epochs * steps_per_epoch))
-
-    optimizer = make_optimizer(model, oc, lr=0.0)
-    if tc.compile:
-        model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    core = accelerator.unwrap_model(model)
-    core = getattr(core, "_orig_mod", core)
-
-    if hasattr(core, "set_schedule"):
-        core.set_schedule(total_steps, steps_per_epoch)
-    step, epoch, micro = 0, 0, 0
+    plan = Plan.make(len(dataset), tc, recipe.optim, accelerator.num_processes)
+    run = _Run(recipe, accelerator, model, plan, run_dir)
     if resume:
-        last = ckpt.latest(ckpt_dir)
-        if last is None:
-            accelerator.print(f"no complete checkpoint in {ckpt_dir}: starting from scratch")
-        else:
-            state = ckpt.load_json(last / "state.json")
-            if state.get("format") != ckpt.FORMAT_VERSION:
-                raise MimkitError(f"{last}: checkpoint format {state.get('format')} is not {ckpt.FORMAT_VERSION}")
-            load_state(core, ckpt.load_tensors(last / "model.safetensors"), str(last / "model.safetensors"))
-            optimizer.optimizer.load_state_dict(ckpt.load_torch(last / "optimizer.pt"))
-            rng_file = last / f"rng_rank{rank}.safetensors"
-            if rng_file.is_file():
-                ckpt.set_rng_state(ckpt.load_tensors(rng_file))
-            step, epoch, micro = state["step"], state["epoch"], state["micro"]
-            accelerator.print(f"resumed from {last} (step {step}, epoch {epoch})")
-            if (last / "recipe.yaml").read_text() != dump(recipe):
-                accelerator.print("warning: the recipe differs from the one the checkpoint was trained with")
-    if not resume or step == 0:
-        torch.manual_seed(seed_for(recipe.seed, rank, 3))  # per-rank dropout / drop-path stream
+        run.restore()
+    if not resume or run.state.step == 0:
+        torch.manual_seed(seed_for(recipe.seed, run.rank, 3))  # per-rank dropout / drop-path stream
+    run.write_metadata()
 
-    if main:
-        (run_dir / "recipe.yaml").write_text(dump(recipe))
-        meta = run_metadata(recipe, accelerator) | {"total_steps": total_steps, "peak_lr": peak_lr,
-                                                    "effective_batch": eff_batch, "steps_per_epoch": steps_per_epoch}
-        (run_dir / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-    accelerator.init_trackers("tensorboard")
-
-    def save(reason: str) -> Path | None:
-        rngs = gather_object([ckpt.rng_state()["torch_cpu"]])
-        path = None
-        if main:
-            files: dict[str, Any] = {
-                "model.safetensors": ckpt.state_dict_for_save(core),
-                "optimizer.pt": optimizer.optimizer.state_dict(),
-                "state.json": {"format": ckpt.FORMAT_VERSION, "step": step, "epoch": epoch, "micro": micro,
-                               "reason": reason, "world_size": world, "total_steps": total_steps},
-                "recipe.yaml": dump(recipe),
-            }
-            for r, t in enumerate(rngs):
-                files[f"rng_rank{r}.safetensors"] = {"torch_cpu": t}
-            try:
-                path = ckpt.write(ckpt_dir, step, files, tc.keep_last)
-            except OSError as exc:  # disk full, quota, permissions: the previous checkpoint is intact
-                prev = ckpt.latest(ckpt_dir)
-                raise MimkitError(f"cannot write the checkpoint of step {step} into {ckpt_dir}: {exc}. "
-                                  f"The previous checkpoint is intact: {prev}") from None
-        accelerator.wait_for_everyone()
-        return path
-
-    metrics_file = run_dir / "metrics.jsonl"
-    bar = tqdm(total=total_steps, initial=step, disable=not (main and tc.progress), desc=recipe.name,
+    s = run.state
+    bar = tqdm(total=plan.total_steps, initial=s.step, disable=not (run.main and tc.progress), desc=recipe.name,
                dynamic_ncols=True, mininterval=1.0)
-    sums: dict[str, torch.Tensor] = {}
-    count, skipped, bad_files = 0, 0, 0
-    t_log, seen_log = time.perf_counter(), 0
     ctx = Context(generator=None)
-    model.train()
-
-    def set_schedule(s: int) -> float:
-        lr = lr_at(s, peak_lr, oc, warmup_steps, total_steps)
-        wd = wd_at(s, oc, total_steps)
-        for g in optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)
-            if g.get("apply_wd"):
-                g["weight_decay"] = wd
-        return lr
-
-    def check_finite(terms: dict[str, float], at: int) -> None:
-        if not all(math.isfinite(v) for v in terms.values()):
-            named = ", ".join(f"{k}={v}" for k, v in terms.items())
-            raise NonFiniteLoss(
-                f"non-finite loss at step {at} ({named}); the last good checkpoint in {ckpt_dir} is kept. "
-                "Lower the lr, enable train.clip_grad / bf16, or set train.nonfinite=skip"
-            )
-
-    probe = _OnlineKNN(recipe, accelerator) if tc.knn_every and main else None
-
-    status = "finished"
-    lr = set_schedule(step)
+    probe = _OnlineKNN(recipe, accelerator) if tc.knn_every and run.main else None
+    run.model.train()
+    run.set_schedule()
     with _Stop() as stop:
-        while step < total_steps and status == "finished":
-            seeded.set_epoch(epoch)
-            batches = epoch_batches(len(dataset), recipe.seed, epoch, global_batch, rank, world)[:micro_per_epoch]
-            loader = DataLoader(seeded, batch_sampler=batches[micro:], collate_fn=collate,
-                                num_workers=tc.num_workers, pin_memory=accelerator.device.type == "cuda")
-            for batch in loader:
-                bad_files += len(batch.pop("_skipped", []))
-                batch = {k: (v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v)
-                         for k, v in batch.items()}
-                ctx.step, ctx.epoch = step, epoch
-                with accelerator.accumulate(model):
-                    out = model(batch, ctx)
-                    finite = True
-                    if tc.nonfinite == "skip":  # every rank must agree before anyone skips backward
-                        bad = torch.tensor(0.0 if bool(torch.isfinite(out.loss)) else 1.0, device=accelerator.device)
-                        finite = accelerator.reduce(bad, "sum").item() == 0
-                    if finite:
-                        accelerator.backward(out.loss)
-                        if accelerator.sync_gradients and oc.clip_grad is not None:
-                            accelerator.clip_grad_norm_(model.parameters(), oc.clip_grad)
-                        optimizer.step()
-                    else:
-                        skipped += 1
-                    optimizer.zero_grad(set_to_none=True)
-                micro += 1
-                if finite:
-                    for k, v in {"loss": out.loss, **{f"loss/{n}": t for n, t in out.losses.items()}}.items():
-                        sums[k] = sums.get(k, 0.0) + v.detach().float()
-                    count += 1
-                if not accelerator.sync_gradients:
+        while s.step < plan.total_steps and s.status == "finished":
+            for batch in run.loader(seeded):
+                if not run.train_step(batch, ctx):
                     continue
-                step += 1
-                if hasattr(core, "on_step_end"):
-                    core.on_step_end(step)
-                lr = set_schedule(step)
-                seen_log += eff_batch
                 bar.update(1)
-                last_step = step >= total_steps
-                if (step % tc.log_every == 0 or last_step) and count:
-                    terms = {k: accelerator.reduce(v / count, "mean").item() for k, v in sums.items()}
-                    if tc.nonfinite == "stop":
-                        check_finite(terms, step)
-                    dt = time.perf_counter() - t_log
-                    rate = seen_log / dt if dt > 0 else 0.0
-                    row = {"step": step, "epoch": epoch, "lr": lr, "images_per_s": rate, **terms}
-                    if skipped:
-                        row["skipped_steps"] = skipped
-                    if main:
-                        with open(metrics_file, "a") as f:
-                            f.write(json.dumps(row) + "\n")
-                        bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.2e}")
-                    accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=step)
-                    sums, count, t_log, seen_log = {}, 0, time.perf_counter(), 0
-                if tc.knn_every and step % tc.knn_every == 0:
-                    if probe is not None:
-                        top1 = probe(core)
-                        with open(metrics_file, "a") as f:
-                            f.write(json.dumps({"step": step, "knn_top1": top1}) + "\n")
-                        accelerator.log({"knn_top1": top1}, step=step)
-                    accelerator.wait_for_everyone()
-                if micro >= micro_per_epoch:
-                    epoch, micro = epoch + 1, 0
-                    if hasattr(core, "on_epoch_end"):
-                        core.on_epoch_end(epoch)
-                    if bad_files and main:
-                        accelerator.print(f"epoch {epoch}: skipped {bad_files} unreadable files so far")
-                stop_now = stop.flag
-                if world > 1:
-                    flag = torch.tensor(1.0 if stop.flag else 0.0, device=accelerator.device)
-                    stop_now = accelerator.reduce(flag, "sum").item() > 0
-                if step % tc.ckpt_every == 0 or last_step or stop_now:
-                    if count and tc.nonfinite == "stop":  # never write a checkpoint over a non-finite state
-                        check_finite({k: accelerator.reduce(v / count, "mean").item() for k, v in sums.items()}, step)
-                    save("preempted" if stop_now and not last_step else "periodic")
+                last_step = s.step >= plan.total_steps
+                if (s.step % tc.log_every == 0 or last_step) and s.count:
+                    run.log_window(bar)
+                if tc.knn_every and s.step % tc.knn_every == 0:
+                    run.probe_knn(probe)
+                run.end_epoch_if_done()
+                stop_now = run.stop_requested(stop)
+                if s.step % tc.ckpt_every == 0 or last_step or stop_now:
+                    if s.count and tc.nonfinite == "stop":  # never write a checkpoint over a non-finite state
+                        run.check_finite(run.window_terms())
+                    run.save("preempted" if stop_now and not last_step else "periodic")
                 if stop_now and not last_step:
-                    status = "preempted"
-                if last_step or status != "finished":
+                    s.status = "preempted"
+                if last_step or s.status != "finished":
                     break
     bar.close()
-    accelerator.end_training()
-    if main:
-        result = {"status": status, "step": step, "epoch": epoch, "skipped_steps": skipped, "bad_files": bad_files}
-        (run_dir / "result.json").write_text(json.dumps(result, indent=1))
-        if status == "preempted":
-            print(f"stopped by signal at step {step}; checkpoint saved. Continue with --resume", file=sys.stderr)
-        if tc.visualize and status == "finished":
-            _pictures(core, recipe, run_dir)
+    run.finish()
     return run_dir
 
 
@@ -437,8 +526,6 @@ class _OnlineKNN:
         return torch.cat(feats), torch.cat(labels)
 
     def __call__(self, model: torch.nn.Module) -> float:
-        from .evaluate import knn_predict
-
         was_training = model.training
         model.eval()
         bank_f, bank_y = self._features(model, self.bank)
@@ -451,8 +538,6 @@ class _OnlineKNN:
 
 def _pictures(model: torch.nn.Module, recipe: Recipe, run_dir: Path) -> None:
     """loss_curve.png and, for pixel targets, reconstructions.png of held-out images."""
-    from .viz import loss_curve, visualizer_name
-
     if (run_dir / "metrics.jsonl").is_file():
         loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png", title=f"{recipe.name}: training loss")
     vis_name = visualizer_name(model)

@@ -9,7 +9,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from ..config import one_of
+from ..schema import one_of
 from ..types import Context, Outputs
 from . import Loss, LossConfig
 

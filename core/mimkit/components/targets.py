@@ -7,7 +7,7 @@ import attrs
 import torch
 from torch import nn
 
-from ..config import one_of
+from ..schema import one_of
 from ..geometry import normalize_patches, patch_stats, patchify
 from ..types import Context, Mask
 from . import BuildEnv

@@ -17,7 +17,7 @@ import attrs
 import torch
 from torch import nn
 
-from ..config import one_of
+from ..schema import one_of
 from ..errors import ConfigError
 from ..types import Context
 from . import BuildEnv
@@ -159,11 +159,12 @@ class FrozenTeacher(nn.Module):
 
     def __init__(self, config: "FrozenTeacher.Config", env: BuildEnv, student: nn.Module | None = None):
         super().__init__()
-        from ..api import load
-
         self.config = config
+        if env.load is None:
+            raise ConfigError("model.teacher: the frozen teacher needs a loader (build it with mimkit.build or "
+                              "BuildEnv(load=mimkit.load))")
         try:
-            self.encoder = load(config.path).encoder
+            self.encoder = env.load(config.path).encoder
         except Exception as exc:
             raise ConfigError(f"model.teacher.path: cannot load {config.path!r}: {exc}") from None
         for p in self.encoder.parameters():

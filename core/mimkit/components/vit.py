@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import one_of
+from ..schema import one_of
 from ..errors import ConfigError
 from ..geometry import gather_tokens, sincos_2d
 from ..types import Mask

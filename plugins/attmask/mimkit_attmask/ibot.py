@@ -157,9 +157,9 @@ class IBOTModel(MethodModel):
 
     @attrs.define(kw_only=True)
     class Config:
-        encoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "vit", "mode": "with_mask_token"})
-        masker: dict[str, Any] = attrs.field(factory=lambda: {"name": "attention_guided"})
-        teacher: dict[str, Any] = attrs.field(factory=lambda: {
+        encoder: dict[str, Any] = attrs.field(metadata={"component": "encoders"}, factory=lambda: {"name": "vit", "mode": "with_mask_token"})
+        masker: dict[str, Any] = attrs.field(metadata={"component": "maskers"}, factory=lambda: {"name": "attention_guided"})
+        teacher: dict[str, Any] = attrs.field(metadata={"component": "teachers"}, factory=lambda: {
             "name": "ema", "copy": ["encoder", "head"], "momentum": 0.996, "momentum_end": 1.0,
             "schedule": "cosine", "every": "step"})
         views: list[str] = attrs.field(factory=lambda: ["image", "image_target"])

@@ -69,17 +69,17 @@ class CMAE(MethodModel):
 
     @attrs.define(kw_only=True)
     class Config:
-        encoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "vit", "mode": "visible_only"})
-        masker: dict[str, Any] = attrs.field(factory=lambda: {"name": "random", "ratio": 0.65})
-        target: dict[str, Any] = attrs.field(factory=lambda: {"name": "pixels", "norm": "patch"})
-        decoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "mae", "embed_dim": 512, "depth": 8, "num_heads": 16})
-        feature_decoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "mae", "embed_dim": 512, "depth": 2, "num_heads": 16})
+        encoder: dict[str, Any] = attrs.field(metadata={"component": "encoders"}, factory=lambda: {"name": "vit", "mode": "visible_only"})
+        masker: dict[str, Any] = attrs.field(metadata={"component": "maskers"}, factory=lambda: {"name": "random", "ratio": 0.65})
+        target: dict[str, Any] = attrs.field(metadata={"component": "targets"}, factory=lambda: {"name": "pixels", "norm": "patch"})
+        decoder: dict[str, Any] = attrs.field(metadata={"component": "decoders"}, factory=lambda: {"name": "mae", "embed_dim": 512, "depth": 8, "num_heads": 16})
+        feature_decoder: dict[str, Any] = attrs.field(metadata={"component": "decoders"}, factory=lambda: {"name": "mae", "embed_dim": 512, "depth": 2, "num_heads": 16})
         projector: MLPConfig = attrs.field(factory=lambda: MLPConfig(hidden_dim=1536, out_dim=256, layers=2))
         predictor: MLPConfig = attrs.field(factory=lambda: MLPConfig(hidden_dim=1536, out_dim=256, layers=2))
-        teacher: dict[str, Any] = attrs.field(factory=lambda: {
+        teacher: dict[str, Any] = attrs.field(metadata={"component": "teachers"}, factory=lambda: {
             "name": "ema", "copy": ["encoder", "projector"], "input_key": "image_target",
             "momentum": 0.996, "momentum_end": 0.996, "schedule": "constant", "attention": False})
-        infonce: dict[str, Any] = attrs.field(factory=lambda: {
+        infonce: dict[str, Any] = attrs.field(metadata={"component": "losses", "default_name": "infonce"}, factory=lambda: {
             "temperature": 0.07, "symmetric": False, "scale_2tau": True, "gather": True})
         pix_weight: float = 1.0
         nce_weight: float = 1.0
@@ -143,15 +143,15 @@ class MACRL(MethodModel):
 
     @attrs.define(kw_only=True)
     class Config:
-        encoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "vit", "mode": "visible_only"})
-        masker_high: dict[str, Any] = attrs.field(factory=lambda: {"name": "random", "ratio": 0.75})
-        masker_low: dict[str, Any] = attrs.field(factory=lambda: {"name": "random", "ratio": 0.5})
-        target: dict[str, Any] = attrs.field(factory=lambda: {"name": "pixels", "norm": "patch"})
-        decoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "mae", "embed_dim": 512, "depth": 8, "num_heads": 16})
+        encoder: dict[str, Any] = attrs.field(metadata={"component": "encoders"}, factory=lambda: {"name": "vit", "mode": "visible_only"})
+        masker_high: dict[str, Any] = attrs.field(metadata={"component": "maskers"}, factory=lambda: {"name": "random", "ratio": 0.75})
+        masker_low: dict[str, Any] = attrs.field(metadata={"component": "maskers"}, factory=lambda: {"name": "random", "ratio": 0.5})
+        target: dict[str, Any] = attrs.field(metadata={"component": "targets"}, factory=lambda: {"name": "pixels", "norm": "patch"})
+        decoder: dict[str, Any] = attrs.field(metadata={"component": "decoders"}, factory=lambda: {"name": "mae", "embed_dim": 512, "depth": 8, "num_heads": 16})
         share_decoder: bool = False
         pool: str = attrs.field(default="cls", validator=one_of("cls", "mean"))
         projector: MLPConfig = attrs.field(factory=lambda: MLPConfig(hidden_dim=2048, out_dim=256, layers=2))
-        infonce: dict[str, Any] = attrs.field(factory=lambda: {
+        infonce: dict[str, Any] = attrs.field(metadata={"component": "losses", "default_name": "infonce"}, factory=lambda: {
             "temperature": 0.1, "symmetric": True, "scale_2tau": False, "gather": True, "queue": 0, "key_grad": True})
         rec_weight: float = 1.0
         nce_weight: float = 1.0

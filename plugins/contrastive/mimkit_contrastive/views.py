@@ -37,7 +37,7 @@ class TwoViews(torch.utils.data.Dataset):
 
     @attrs.define(kw_only=True)
     class Config:
-        base: dict[str, Any] = attrs.field(factory=lambda: {"name": "fashion_mnist"})
+        base: dict[str, Any] = attrs.field(metadata={"component": "datasets"}, factory=lambda: {"name": "fashion_mnist"})
         pairing: str = attrs.field(default="shift", validator=one_of("shift", "independent"))
         img_size: int | None = None  # default: the base dataset's image size
         crop_scale: tuple[float, float] = (0.2, 1.0)

@@ -1,0 +1,299 @@
+"""What every evaluation protocol shares: the source model, the labelled splits, the labelled
+fraction, frozen features and the result record.
+
+Every protocol can run on a labelled fraction (``labels_fraction``) chosen by
+:func:`class_balanced_split`, a deterministic function of (labels, fraction, seed); the
+result records the seed and a SHA-256 of the chosen indices so that tables can be audited.
+``init="random"`` gives the randomly initialized baseline of the same architecture.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import attrs
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..api import build_model, load
+from ..config import Recipe, resolve
+from ..data import collate
+from ..errors import CheckpointError, ConfigError, MimkitError
+from ..plugins import registry as get_registry
+from ..schema import component, one_of
+
+
+@attrs.define(kw_only=True)
+class CommonConfig:
+    """Options of every built-in protocol (``mim eval NAME --help`` lists them as flags)."""
+
+    init: str = attrs.field(default="pretrained", validator=one_of("pretrained", "random"))  # random: the baseline
+    seed: int = 0  # training / random-init seed
+    labels_fraction: float | None = None  # a class-balanced fraction of the labels
+    split_seed: int = 0  # seed of the labels-fraction split
+    limit_train: int | None = None  # only the first N training items
+    limit_test: int | None = None  # only the first N test items
+    val_root: str | None = None  # the test folder, for a data source without a labelled test split
+
+
+def record_name(protocol: str, config: Any) -> str:
+    """The default result file name: ``{protocol}_{init}[_frac{f}]_seed{seed}.json``."""
+    frac = "" if config.labels_fraction is None else f"_frac{config.labels_fraction:g}"
+    return f"{protocol}_{config.init}{frac}_seed{config.seed}.json"
+
+
+def common_kwargs(config: Any) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in attrs.fields(CommonConfig)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: what a protocol starts from
+
+
+def load_source(source: str | os.PathLike, init: str = "pretrained", seed: int = 0) -> torch.nn.Module:
+    """The model to evaluate, in eval mode, with ``.recipe`` set.
+
+    ``source`` is anything :func:`mimkit.load` accepts, a timm/encoder export
+    (``mimkit_content: encoder``: its timm keys are put back under ``encoder.vit.``), or a
+    recipe YAML file. With ``init="random"`` (or a recipe file) only the architecture is taken
+    from the source and the weights are a fresh, seeded initialization - the baseline.
+    """
+    if init not in ("pretrained", "random"):
+        raise ConfigError(f"init must be 'pretrained' or 'random', got {init!r}")
+    p = Path(source)
+    if not p.exists():
+        raise CheckpointError(f"no such file or folder: {p}")
+    if p.suffix in (".yaml", ".yml"):
+        recipe = resolve(p)
+        if init == "pretrained":
+            raise ConfigError(f"{p} is a recipe, not weights: pass --init random for a randomly initialized baseline")
+        return _random_model(recipe, seed)
+    model = load(p)
+    if init == "random":
+        return _random_model(model.recipe, seed)
+    return model
+
+
+def _random_model(recipe: Recipe, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = build_model(recipe)
+    model.recipe = recipe
+    return model.eval()
+
+
+def vit_encoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's ``vit`` encoder (a :class:`~mimkit.components.vit.ViTEncoder`)."""
+    enc = getattr(model, "encoder", None)
+    if enc is None or not hasattr(enc, "vit"):
+        raise MimkitError("this protocol needs a model whose encoder is the timm `vit` encoder")
+    return enc
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def _split(cls: type, config: Any, split: str) -> Any:
+    """The dataset capability ``eval_split(config, split)``: the config of the source's whole
+    labelled ``split`` ("train" | "test"), or None when it has none."""
+    fn = getattr(cls, "eval_split", None)
+    return fn(config, split) if fn is not None else None
+
+
+def eval_datasets(
+    recipe: Recipe,
+    val_root: str | None = None,
+    train_augment: bool = False,
+) -> tuple[Dataset, Dataset]:
+    """(train, test) datasets of the recipe's data source, both un-augmented unless
+    ``train_augment`` (fine-tuning).
+
+    Train is the labelled train split of ``recipe.data`` (its class's ``eval_split(config,
+    "train")``, else ``recipe.data`` as is). Test is, in order: ``recipe.data`` with ``root:
+    val_root``; the labelled test split of ``recipe.eval_data``; or of ``recipe.data`` (e.g.
+    Fashion-MNIST's test set, an image folder's sibling ``val`` folder).
+    """
+    reg = get_registry()
+    cls, cfg = component("datasets", recipe.data, "data", reg)
+    train_cfg = _split(cls, cfg, "train") or cfg
+    if val_root is not None:
+        if not any(f.name == "root" for f in attrs.fields(type(train_cfg))):
+            raise ConfigError(f"--val-root: data source {recipe.data.get('name')!r} has no 'root' option")
+        test_cls, test_cfg = cls, attrs.evolve(train_cfg, root=str(val_root))
+    elif recipe.eval_data is not None:
+        test_cls, test_cfg = component("datasets", recipe.eval_data, "eval_data", reg)
+        test_cfg = _split(test_cls, test_cfg, "test") or test_cfg
+    else:
+        test_cls, test_cfg = cls, _split(cls, cfg, "test")
+        if test_cfg is None:
+            raise ConfigError(f"data source {recipe.data.get('name')!r} declares no labelled test split "
+                              "(eval_split): pass --val-root FOLDER or give the recipe an eval_data section")
+    return cls(train_cfg, train=train_augment), test_cls(test_cfg, train=False)
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """Integer labels of every item, read without decoding images where the dataset allows."""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
+    if hasattr(dataset, "labels"):
+        return np.asarray(dataset.labels, dtype=np.int64)
+    if hasattr(dataset, "samples"):
+        return np.asarray([k for _, k in dataset.samples], dtype=np.int64)
+    return np.asarray([int(dataset[i]["label"]) for i in range(len(dataset))], dtype=np.int64)
+
+
+def indices_hash(indices: Sequence[int] | np.ndarray) -> str:
+    """SHA-256 (hex) of the indices as little-endian int64: a fingerprint of a split."""
+    return hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()
+
+
+def class_balanced_split(labels: Sequence[int] | np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified subset: from every class ``c`` with ``n_c`` samples,
+    ``max(1, round(fraction * n_c))`` drawn without replacement.
+
+    Deterministic in (labels, fraction, seed): a NumPy ``default_rng(seed)`` permutes each class
+    in ascending class order. Classes keep their proportions (equal counts for balanced data
+    such as Fashion-MNIST), and every class has at least one labelled example.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"labels fraction must be in (0, 1], got {fraction}")
+    labels = np.asarray(labels, dtype=np.int64)
+    if (labels < 0).any():
+        raise ConfigError("labels fraction needs labelled data (found unlabelled items, label -1)")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n = max(1, int(round(fraction * len(idx))))
+        chosen.append(rng.permutation(idx)[:n])
+    return np.sort(np.concatenate(chosen))
+
+
+def select_train(
+    train_ds: Dataset,
+    labels_fraction: float | None,
+    split_seed: int,
+    limit_train: int | None,
+) -> tuple[Dataset, dict[str, Any]]:
+    """The labelled training subset (first ``limit_train`` items, then the fraction split)
+    and a record of it for the results JSON."""
+    n = len(train_ds) if limit_train is None else min(limit_train, len(train_ds))
+    labels = dataset_labels(train_ds)[:n]
+    if labels_fraction is None or labels_fraction >= 1.0:
+        indices = np.arange(n)
+    else:
+        indices = class_balanced_split(labels, labels_fraction, split_seed)
+    record = {
+        "labels_fraction": 1.0 if labels_fraction is None else float(labels_fraction),
+        "split_seed": split_seed,
+        "train_pool": int(n),
+        "num_train": int(len(indices)),
+        "indices_sha256": indices_hash(indices),
+        "per_class": {str(int(c)): int((labels[indices] == c).sum()) for c in np.unique(labels)},
+    }
+    return Subset(train_ds, indices.tolist()), record
+
+
+def head_subset(test_ds: Dataset, limit: int | None) -> Dataset:
+    """The first ``limit`` items of the test set (all when None)."""
+    if limit is None or limit >= len(test_ds):
+        return test_ds
+    return Subset(test_ds, list(range(limit)))
+
+
+def num_classes(*datasets: Dataset) -> int:
+    for ds in datasets:
+        base = ds.dataset if isinstance(ds, Subset) else ds
+        classes = getattr(base, "classes", None)
+        if classes:
+            return len(classes)
+    return int(max(int(dataset_labels(ds).max()) for ds in datasets)) + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Features
+
+
+def make_accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    pool: str = "cls",
+    batch_size: int = 256,
+    accelerator: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen features and labels of a whole dataset, in dataset order, on the CPU:
+    (N, D) float32 and (N,) int64. Sharded over processes and gathered back."""
+    accelerator = accelerator or make_accelerator()
+    enc = vit_encoder(model)
+    enc.eval().to(accelerator.device)
+    loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate))
+    feats, labels = [], []
+    for batch in loader:
+        x = batch["image"].to(accelerator.device)  # (B, C, H, W)
+        f = enc.pool(enc.forward_features(x), pool).float()  # (B, D)
+        y = torch.as_tensor(batch["label"], device=accelerator.device)
+        f, y = accelerator.gather_for_metrics((f, y))
+        feats.append(f.cpu())
+        labels.append(y.cpu())
+    return torch.cat(feats), torch.cat(labels).long()
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """{"top1": ..., "top5": ...}: fraction of rows whose label is among the k best scores
+    (k capped by the number of classes)."""
+    out = {}
+    for k in ks:
+        kk = min(k, scores.shape[1])
+        hit = (scores.topk(kk, dim=1).indices == labels.view(-1, 1)).any(1)
+        out[f"top{k}"] = float(hit.float().mean()) if len(labels) else float("nan")
+    return out
+
+
+def common_record(protocol: str, source: Any, init: str, seed: int, model: torch.nn.Module,
+                   split: dict[str, Any], n_test: int) -> dict[str, Any]:
+    recipe = model.recipe
+    return {
+        "protocol": protocol,
+        "source": str(source),
+        "init": init,
+        "method": recipe.method,
+        "dataset": recipe.data.get("name"),
+        "seed": seed,
+        **split,
+        "num_test": int(n_test),
+    }
+
+
+def finish(record: dict[str, Any], out: str | os.PathLike | None, accelerator: Any = None) -> dict[str, Any]:
+    """Print the record as JSON and write it to ``out`` (main process only)."""
+    text = json.dumps(record, indent=1, sort_keys=False)
+    if accelerator is None or accelerator.is_main_process:
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(text + "\n")
+    return record
+
+
+def features_for(source, init, seed, pool, labels_fraction, split_seed, limit_train, limit_test_n, val_root,
+                  batch_size):
+    model = load_source(source, init=init, seed=seed)
+    train_ds, test_ds = eval_datasets(model.recipe, val_root)
+    train_sub, split = select_train(train_ds, labels_fraction, split_seed, limit_train)
+    test_sub = head_subset(test_ds, limit_test_n)
+    acc = make_accelerator()
+    tr_f, tr_y = extract_features(model, train_sub, pool, batch_size, acc)
+    te_f, te_y = extract_features(model, test_sub, pool, batch_size, acc)
+    return model, acc, split, num_classes(train_ds, test_ds), (tr_f, tr_y, te_f, te_y)
+
+

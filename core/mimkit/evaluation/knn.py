@@ -1,0 +1,96 @@
+"""Weighted k-NN on frozen, L2-normalized features (DINO's ``eval_knn``: k=20, T=0.07, cosine
+similarity, each neighbour votes for its class with weight exp(sim / T); Caron et al. 2021,
+facebookresearch/dino ``eval_knn.py``)."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from ..schema import one_of
+from .common import CommonConfig, common_kwargs, common_record, features_for, finish, record_name, topk_accuracy
+
+
+@torch.no_grad()
+def knn_predict(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Class scores of weighted k-NN (DINO): (M, C).
+
+    Features are L2-normalized; each of the ``k`` most cosine-similar training samples adds
+    ``exp(sim / temperature)`` to its class's score.
+    """
+    train = nn.functional.normalize(train_feats.float(), dim=1)  # (N, D)
+    test = nn.functional.normalize(test_feats.float(), dim=1)  # (M, D)
+    k = min(k, train.shape[0])
+    out = []
+    for s in range(0, test.shape[0], chunk):
+        sim = test[s : s + chunk] @ train.T  # (m, N)
+        top_sim, top_idx = sim.topk(k, dim=1)  # (m, k)
+        weights = (top_sim / temperature).exp()  # (m, k)
+        votes = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype)
+        votes.scatter_add_(1, train_labels[top_idx], weights)  # (m, C)
+        out.append(votes)
+    return torch.cat(out)
+
+
+def knn(
+    source: str | os.PathLike,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    pool: str = "cls",
+    init: str = "pretrained",
+    seed: int = 0,
+    labels_fraction: float | None = None,
+    split_seed: int = 0,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    val_root: str | None = None,
+    batch_size: int = 256,
+    out: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Weighted k-NN accuracy of the source's frozen features; returns (and writes) the record."""
+    t0 = time.perf_counter()
+    model, acc, split, c, (tr_f, tr_y, te_f, te_y) = features_for(
+        source, init, seed, pool, labels_fraction, split_seed, limit_train, limit_test, val_root, batch_size)
+    scores = knn_predict(tr_f, tr_y, te_f, c, k=k, temperature=temperature)
+    record = common_record("knn", source, init, seed, model, split, len(te_y))
+    record.update({"k": k, "temperature": temperature, "pool": pool, **topk_accuracy(scores, te_y),
+                   "seconds": round(time.perf_counter() - t0, 2)})
+    record["summary"] = f"knn: top-1 {record['top1']:.4f}  top-5 {record['top5']:.4f}"
+    return finish(record, out, acc)
+
+
+
+
+class KNN:
+    """Weighted k-NN accuracy of frozen features (k=20, T=0.07, as DINO)."""
+
+    @attrs.define(kw_only=True)
+    class Config(CommonConfig):
+        k: int = 20
+        temperature: float = 0.07
+        pool: str = attrs.field(default="cls", validator=one_of("cls", "mean"))  # [CLS] or mean of tokens
+        batch_size: int = 256
+
+    def __init__(self, config: "KNN.Config"):
+        self.config = config
+
+    def record_name(self) -> str:
+        return record_name("knn", self.config)
+
+    def __call__(self, sources: list[str], out: str | os.PathLike | None = None) -> dict[str, Any]:
+        c = self.config
+        return knn(sources[0], k=c.k, temperature=c.temperature, pool=c.pool, batch_size=c.batch_size, out=out,
+                   **common_kwargs(c))

@@ -1,0 +1,36 @@
+"""Schedules as pure functions of the optimizer step: linear warmup + half-cycle cosine for the
+learning rate (pretraining, linear probe, fine-tuning) and a cosine weight decay.
+
+Per step, as the official MAE code adjusts per iteration (``util/lr_sched.py``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def cosine(progress: float, start: float, end: float) -> float:
+    """Half a cosine from ``start`` (progress 0) to ``end`` (progress >= 1)."""
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def warmup_cosine(step: int, peak: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0,
+                  start: float = 0.0) -> float:
+    """Linear warmup from ``start`` to ``peak`` over ``warmup_steps``, then cosine to ``min_lr``
+    at ``total_steps``."""
+    if step < warmup_steps:
+        return start + (peak - start) * step / max(1, warmup_steps)
+    return cosine((step - warmup_steps) / max(1, total_steps - warmup_steps), peak, min_lr)
+
+
+def lr_at(step: int, peak: float, cfg: Any, warmup_steps: int, total_steps: int) -> float:
+    """The pretraining lr of an :class:`~mimkit.config.OptimConfig`: warmup from
+    ``warmup_start_lr``, cosine to ``min_lr``."""
+    return warmup_cosine(step, peak, warmup_steps, total_steps, cfg.min_lr, cfg.warmup_start_lr)
+
+
+def wd_at(step: int, cfg: Any, total_steps: int) -> float:
+    """Constant weight decay, or a cosine from ``weight_decay`` to ``weight_decay_end``."""
+    if cfg.weight_decay_end is None:
+        return cfg.weight_decay
+    return cosine(step / max(1, total_steps), cfg.weight_decay, cfg.weight_decay_end)
