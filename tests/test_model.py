@@ -59,3 +59,20 @@ def test_features_equal_timm_forward_features():
     x = torch.randn(2, 1, 32, 32)
     assert torch.allclose(model.encoder.forward_features(x), model.encoder.vit.forward_features(x))
     assert model.features(x).shape == (2, 64)
+
+
+def test_components_honour_the_typed_contracts():
+    """The Protocols the hookspecs are typed with describe what the built-ins really are."""
+    from mimkit.components import Decoder, Encoder, EvalProtocol, Target, Teacher, Visualizer
+    from mimkit.plugins import registry
+
+    pytest.importorskip("mimkit_mae")
+    model = mimkit.build({"method": "mae_tiny_fashion_mnist", "model": {"teacher": {"name": "ema"}}})
+    assert isinstance(model.encoder, Encoder) and isinstance(model.decoder, Decoder)
+    assert isinstance(model.target, Target) and isinstance(model.teacher, Teacher)
+    assert not isinstance(model.masker, Decoder)  # structural, but not vacuous: a masker has no `predict`
+    reg = registry()
+    assert isinstance(reg.get("visualizers", "reconstruction")(), Visualizer)
+    for name in ("knn", "linprobe", "finetune"):
+        cls = reg.get("protocols", name)
+        assert isinstance(cls(cls.Config()), EvalProtocol)

@@ -49,3 +49,8 @@ def test_third_party_plugin_installs_and_builds(tmp_path: Path) -> None:
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr
     own = _run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(PLUGIN / "tests")], timeout=180)
     assert own.returncode == 0, own.stdout + own.stderr
+    # the README's command: a preset by name (dry run: resolved, validated, built on the meta device)
+    dry = _run([str(py), "-m", "mimkit.cli", "train", "checker_tiny", "--set", "train.max_steps=20", "--dry-run"],
+               timeout=180)
+    assert dry.returncode == 0, dry.stderr
+    assert "name: checker_tiny" in dry.stdout and "# parameters:" in dry.stdout

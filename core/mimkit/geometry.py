@@ -114,7 +114,8 @@ def restore_tokens(visible: torch.Tensor, mask_token: torch.Tensor, ids_restore:
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-patch normalization variants (METHODS.md section 0)
+# Per-patch normalization variants (MAE's norm_pix_loss, facebookresearch/mae models_mae.py;
+# VideoMAE's per-channel variant, MCG-NJU/VideoMAE engine_for_pretraining.py)
 
 
 def patch_stats(

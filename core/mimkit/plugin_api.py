@@ -10,8 +10,11 @@ A plugin module declares the hook-API version it was written for as a literal::
 """
 from __future__ import annotations
 
-from .components import BuildEnv, Loss, LossConfig, Masker, init_xavier_
-from .config import FieldError, component, one_of, package_presets
+from .components import (
+    BuildEnv, Dataset, Decoder, Encoder, EvalProtocol, Loss, LossConfig, Masker, Target, Teacher, Visualizer,
+    init_xavier_,
+)
+from .config import package_presets
 from .data import (
     FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD, FashionMNIST,
     ImageFolder, SeededDataset, seed_for,
@@ -26,6 +29,7 @@ from .geometry import (
 from .hookspecs import HOOK_API_VERSION, hookimpl
 from .model import MaskedModel, MethodModel
 from .plugins import registry
+from .schema import FieldError, component, one_of
 from .types import Context, Mask, Outputs
 
 __all__ = [
@@ -36,6 +40,8 @@ __all__ = [
     # building components
     "BuildEnv", "Masker", "Loss", "LossConfig", "MethodModel", "MaskedModel", "component", "one_of",
     "FieldError", "package_presets", "init_xavier_",
+    # the contracts of the other kinds (typing.Protocol: structural, no need to inherit)
+    "Encoder", "Decoder", "Target", "Teacher", "Visualizer", "Dataset", "EvalProtocol",
     # token geometry
     "patchify", "unpatchify", "gather_tokens", "restore_tokens", "sincos_1d", "sincos_2d", "sincos_3d",
     "patch_stats", "normalize_patches", "num_keep_for", "grid_shape",

@@ -27,7 +27,9 @@ from torch import nn
 
 from .api import build
 from .checkpoint import latest, load_tensors
-from .config import deep_merge
+from .config import deep_merge, resolve
+from .plugins import registry as get_registry
+from .schema import unstructure
 from .errors import ConfigError
 
 #: Overrides that make any preset's training tiny: few images, no pictures, no progress bar.
@@ -104,9 +106,6 @@ def _shrink_data(spec: Any, limit: int, registry: Any) -> Any:
 def tiny_overrides(preset: str | Mapping[str, Any], limit: int = 96, batch_size: int = 16) -> dict[str, Any]:
     """Overrides that make a preset's data tiny (``limit`` items wherever a dataset has the
     option) and its batch small, for a test that trains a few steps."""
-    from .config import resolve, unstructure
-    from .plugins import registry as get_registry
-
     reg = get_registry()
     raw = unstructure(resolve(_recipe(preset)))
     out: dict[str, Any] = {"data": _shrink_data(raw["data"], limit, reg),

@@ -1,4 +1,5 @@
-"""The ``pixels`` target, with the per-patch normalization variants of METHODS.md section 0."""
+"""The ``pixels`` target, with the per-patch normalization variants of the MAE family (MAE: He et al.
+2022, ``norm_pix_loss`` in facebookresearch/mae ``models_mae.py``; VideoMAE, MaskFeat and MFM variants)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""MaskFeat's HOG target (SlowFast ``HOGLayerC`` conventions, METHODS.md section 11).
+"""MaskFeat's HOG target (Wei et al. 2022; conventions of ``HOGLayerC`` in facebookresearch/SlowFast ``slowfast/models/operators.py``).
 
     image (B, C, H, W)
       -> reflect-pad 1 -> depthwise 3x3 Sobel (cross-correlation: gx = left - right, gy = top - bottom)

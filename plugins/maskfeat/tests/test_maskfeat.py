@@ -87,7 +87,7 @@ def test_target_layout_dim_and_normalization_invariance() -> None:
     torch.testing.assert_close(tgt[0, 1 * 14 + 2], torch.stack(order))
     # mean/std normalization per channel does not change the HOG (Sobel sums to 0, atan2 is
     # scale-invariant, per-cell L2). Non-integer pixels: an exactly-zero gx (bin 0 vs 8 by
-    # rounding, METHODS.md) does not occur.
+    # rounding, see the MaskFeat paper, Wei et al. 2022) does not occur.
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     torch.testing.assert_close(model.target({"image": (x - mean) / std}), model.target({"image": x}), atol=1e-4, rtol=1e-4)

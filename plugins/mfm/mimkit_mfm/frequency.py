@@ -1,4 +1,4 @@
-"""MFM's frequency-domain pieces (METHODS.md section 5): the ``frequency`` masker, the
+"""MFM's frequency-domain pieces (Xie et al. 2023, "Masked Frequency Modeling"; official code: Jiahao000/MFM): the ``frequency`` masker, the
 ``frequency`` target and the ``frequency_distance`` loss.
 
 Masker (official ``MFM.frequency_transform`` + ``FreqMaskGenerator``):
