@@ -53,7 +53,7 @@ def frozen_results(model, seed: int, init: str, splits: dict, train_ds, test_ds,
                    args) -> list[dict]:
     """k-NN and linear-probe records of one model for every fraction's split of ``seed``."""
     needed = np.unique(np.concatenate([splits[(seed, f)] for f in args.fractions]))
-    acc = ev._accelerator()
+    acc = ev.make_accelerator()
     t0 = time.perf_counter()
     tr_f, tr_y = ev.extract_features(model, Subset(train_ds, needed.tolist()), "cls", 256, acc)  # (U, D)
     te_f, te_y = ev.extract_features(model, test_ds, "cls", 256, acc)  # (M, D)

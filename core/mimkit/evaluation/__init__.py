@@ -15,7 +15,7 @@ from __future__ import annotations
 from ..schedules import warmup_cosine as cosine_lr
 from .common import (
     CommonConfig, class_balanced_split, dataset_labels, eval_datasets, extract_features, head_subset, indices_hash,
-    load_source, select_train, topk_accuracy, vit_encoder,
+    load_source, make_accelerator, select_train, topk_accuracy, vit_encoder,
 )
 from .finetune import FineTune, classifier_from_encoder, finetune, timm_kwargs
 from .knn import KNN, knn, knn_predict
@@ -27,6 +27,6 @@ PROTOCOLS = {"knn": KNN, "linprobe": LinProbe, "finetune": FineTune}
 __all__ = [
     "knn", "linprobe", "finetune", "KNN", "LinProbe", "FineTune", "PROTOCOLS", "CommonConfig", "cosine_lr",
     "class_balanced_split", "dataset_labels", "eval_datasets", "extract_features", "head_subset", "indices_hash",
-    "load_source", "select_train", "topk_accuracy", "vit_encoder", "classifier_from_encoder", "timm_kwargs",
+    "load_source", "make_accelerator", "select_train", "topk_accuracy", "vit_encoder", "classifier_from_encoder", "timm_kwargs",
     "knn_predict", "LARS", "LinearProbe", "train_linear_probe",
 ]
