@@ -1,5 +1,6 @@
-"""The core's built-in plugin: generic components many methods share, registered through
-the same hooks as any plugin (as pytest registers its own)."""
+"""The core's built-in plugin: generic components many methods share (all in
+:mod:`mimkit.components`) and the evaluation protocols, registered through the same hooks as
+any plugin (as pytest registers its own)."""
 from __future__ import annotations
 
 from .components.losses import L1, Cosine, CrossEntropy, MaskedMSE
@@ -7,11 +8,11 @@ from .components.masking import RandomMasker
 from .components.targets import PixelTarget
 from .components.teachers import EMATeacher, FrozenTeacher
 from .components.vit import ViTEncoder
-from .data import FashionMNIST, ImageFolder
+from .components.datasets import FashionMNIST, ImageFolder
 from .evaluation import PROTOCOLS
 from .hookspecs import HOOK_API_VERSION, hookimpl
-from .model import MaskedModel
-from .viz import ReconstructionGrid
+from .components.masked import MaskedModel
+from .components.visualizers import ReconstructionGrid
 
 MIMKIT_API = HOOK_API_VERSION
 

@@ -1,25 +1,11 @@
-"""The composed masked model: one training step of any masked-modeling recipe.
-
-    batch -> teacher(x)            [optional]  outputs stored in ctx.teacher
-          -> masker(batch, noise)              Mask (before any embedding)
-          -> encoder.embed / encode            latent of what the encoder may see
-          -> decoder(latent, mask)             predictions (all tokens or hidden only)
-          -> target(batch, mask)               what to predict
-          -> losses(outputs)                   named terms; loss = sum(weight * term)
-"""
+"""The base of every model the trainer runs (:class:`MethodModel`); the composed masked model
+built on it is the built-in component :class:`mimkit.components.masked.MaskedModel`."""
 from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import torch
 from torch import nn
-
-from .components import BuildEnv
-from .schema import component
-from .errors import ConfigError
-from .geometry import gather_tokens
-from .types import Context, Mask, Outputs
 
 
 class MethodModel(nn.Module):
@@ -50,87 +36,3 @@ class MethodModel(nn.Module):
     def features(self, x: torch.Tensor, pool: str = "cls") -> torch.Tensor:
         """Frozen features of whole inputs for evaluation: (B, D)."""
         return self.encoder.pool(self.encoder.forward_features(x), pool)
-
-
-class MaskedModel(MethodModel):
-    """Masker + encoder + decoder + target + losses (+ teacher), each chosen by name."""
-
-    @attrs.define(kw_only=True)
-    class Config:
-        encoder: dict[str, Any] = attrs.field(metadata={"component": "encoders"}, factory=lambda: {"name": "vit"})
-        masker: dict[str, Any] = attrs.field(metadata={"component": "maskers"}, factory=lambda: {"name": "random"})
-        target: dict[str, Any] | None = attrs.field(metadata={"component": "targets"}, factory=lambda: {"name": "pixels"})
-        decoder: dict[str, Any] | None = attrs.field(default=None, metadata={"component": "decoders"})
-        losses: dict[str, dict[str, Any]] = attrs.field(metadata={"components": "losses"}, factory=lambda: {"rec": {"name": "masked_mse"}})
-        teacher: dict[str, Any] | None = attrs.field(default=None, metadata={"component": "teachers"})
-        input_key: str = "image"
-
-    def __init__(self, config: "MaskedModel.Config", env: BuildEnv):
-        super().__init__()
-        self.config = config
-        reg = env.registry
-        env.input_key = config.input_key
-        cls, cfg = component("encoders", config.encoder, "model.encoder", reg)
-        self.encoder = cls(cfg, env)
-        env.encoder = self.encoder
-        self.target = None
-        if config.target is not None:
-            cls, cfg = component("targets", config.target, "model.target", reg)
-            self.target = cls(cfg, env)
-            env.target_dim = getattr(self.target, "dim", None)
-        self.decoder = None
-        if config.decoder is not None:
-            cls, cfg = component("decoders", config.decoder, "model.decoder", reg)
-            self.decoder = cls(cfg, env)
-        cls, cfg = component("maskers", config.masker, "model.masker", reg)
-        self.masker = cls(cfg, env)
-        if not config.losses:
-            raise ConfigError("model.losses: at least one loss is needed")
-        self.losses = nn.ModuleDict()
-        for name, spec in config.losses.items():
-            cls, cfg = component("losses", spec, f"model.losses.{name}", reg)
-            self.losses[name] = cls(cfg, env)
-        self.teacher = None
-        if config.teacher is not None:
-            cls, cfg = component("teachers", config.teacher, "model.teacher", reg)
-            self.teacher = cls(cfg, env, student=self)
-        self.input_key = config.input_key
-
-    # -- the step -------------------------------------------------------------------------
-
-    def make_mask(self, batch: dict, ctx: Context, noise: torch.Tensor | None = None) -> Mask:
-        """The mask for this batch: from ``noise`` (or ``batch['mask_noise']``, drawn in the
-        loader from (seed, epoch, index)), else from ``ctx.generator``."""
-        x = batch[self.input_key]
-        if noise is None:
-            noise = batch.get("mask_noise")
-        if noise is None:
-            noise = self.masker.draw(x.shape[0], ctx.generator, x.device)
-        return self.masker(batch, noise.to(x.device), ctx)
-
-    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
-        ctx = ctx if ctx is not None else Context()
-        x = batch[self.input_key]
-        if self.teacher is not None:
-            with torch.no_grad():
-                ctx.teacher = self.teacher(batch, ctx)
-        mask = self.make_mask(batch, ctx, noise)
-        x_in = mask.corrupted if mask.corrupted is not None else x
-        latent = self.encoder.encode(self.encoder.embed(x_in, mask), mask)
-        out = Outputs(mask=mask, latent=latent)
-        if self.decoder is not None:
-            out.pred = self.decoder(latent, mask, ctx)  # (B, N | N_hidden, D_t)
-            out.pred_scope = getattr(self.decoder, "predict", "all")
-        if self.target is not None:
-            target = self.target(batch, mask, ctx)
-            if out.pred_scope == "masked" and target.ndim == 3 and target.shape[1] == mask.num_tokens:
-                target = gather_tokens(target, mask.ids_hidden)
-            out.target = target
-        out.extra.update(ctx.teacher)
-        total = None
-        for name, loss_fn in self.losses.items():
-            term = loss_fn(out, batch, ctx)
-            out.losses[name] = term
-            total = term * loss_fn.weight if total is None else total + term * loss_fn.weight
-        out.loss = total
-        return out

@@ -15,9 +15,10 @@ from .components import (
     init_xavier_,
 )
 from .config import package_presets
+from .components.datasets import FashionMNIST, ImageFolder
 from .data import (
-    FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD, FashionMNIST,
-    ImageFolder, SeededDataset, seed_for,
+    FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD, SeededDataset,
+    seed_for,
 )
 from .errors import CheckpointError, ConfigError, DataError, MimkitError, PluginError
 from .components.teachers import EMATeacher, FrozenTeacher, cls_attention, encoder_outputs
@@ -27,7 +28,8 @@ from .geometry import (
     sincos_2d, sincos_3d, unpatchify,
 )
 from .hookspecs import HOOK_API_VERSION, hookimpl
-from .model import MaskedModel, MethodModel
+from .components.masked import MaskedModel
+from .model import MethodModel
 from .plugins import registry
 from .schema import FieldError, component, one_of
 from .types import Context, Mask, Outputs

@@ -12,7 +12,7 @@ import attrs
 import torch
 from torch import nn
 
-from ..types import Context, Mask, Outputs
+from ..types import Context, Mask
 
 
 @attrs.define(kw_only=True)

@@ -113,7 +113,7 @@ def test_presets_build() -> None:
 def test_tiny_preset_training_lowers_loss() -> None:
     torch.manual_seed(0)
     model = mimkit.build({"method": "mfm_tiny_fashion_mnist"})
-    from mimkit.data import FashionMNIST
+    from mimkit.plugin_api import FashionMNIST
 
     data = FashionMNIST(FashionMNIST.Config(limit=32), train=False)
     batch = {"image": torch.stack([data[i]["image"] for i in range(32)])}  # (32, 1, 32, 32)
