@@ -43,14 +43,14 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def features_of(model: torch.nn.Module, dataset, batch_size: int = 64, key: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def features_of(model: torch.nn.Module, dataset, batch_size: int = 64, key: str | None = None, pool: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) features and (N,) labels of a dataset through ``model.features``."""
     key = key or getattr(model, "input_key", "image")
     feats, labels = [], []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate):
         if not batch:
             continue
-        feats.append(model.features(batch[key]).float())
+        feats.append(model.features(batch[key], pool).float())
         labels.append(torch.as_tensor(batch["label"]))
     return torch.cat(feats), torch.cat(labels).long()
 
@@ -79,6 +79,7 @@ class FeatureKNN:
         train_data: dict[str, Any] | None = None
         test_data: dict[str, Any] | None = None
         input_key: str | None = None  # the batch key fed to the model (default: the model's)
+        pool: str = attrs.field(default="mean", validator=one_of("mean", "cls"))  # patch-token mean or [CLS]
         limit_train: int | None = None
         limit_test: int | None = None
         batch_size: int = 64
@@ -106,12 +107,12 @@ class FeatureKNN:
         if c.limit_test is not None:
             test_spec = {**test_spec, "limit": c.limit_test}
         train_ds, test_ds = _dataset(train_spec, "train_data"), _dataset(test_spec, "test_data")
-        tr_f, tr_y = features_of(model, train_ds, c.batch_size, c.input_key)
-        te_f, te_y = features_of(model, test_ds, c.batch_size, c.input_key)
+        tr_f, tr_y = features_of(model, train_ds, c.batch_size, c.input_key, c.pool)
+        te_f, te_y = features_of(model, test_ds, c.batch_size, c.input_key, c.pool)
         num_classes = int(max(tr_y.max(), te_y.max())) + 1
         pred = knn_scores(tr_f, tr_y, te_f, num_classes, c.k, c.temperature).argmax(1)
         top1 = float((pred == te_y).float().mean())
-        return {"protocol": "feature_knn", "source": sources[0], "init": c.init, "k": c.k, "top1": top1,
+        return {"protocol": "feature_knn", "source": sources[0], "init": c.init, "k": c.k, "pool": c.pool, "top1": top1,
                 "train_items": len(tr_y), "test_items": len(te_y), "train_data": train_spec, "test_data": test_spec,
                 "seconds": round(time.perf_counter() - t0, 2),
                 "summary": f"feature k-NN top-1 {top1:.4f} ({c.init}, k={c.k}, {len(tr_y)} train / {len(te_y)} test)"}
