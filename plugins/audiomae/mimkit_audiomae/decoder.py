@@ -26,7 +26,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from mimkit.plugin_api import BuildEnv, ConfigError, Context, Mask, init_xavier_, one_of, restore_tokens
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, Mask, init_xavier_, one_of, restore_tokens, seed_for
 
 from .encoder import audio_pos_table
 
@@ -187,13 +187,33 @@ class AudioMAEDecoder(nn.Module):
         init_xavier_(self)
         nn.init.normal_(self.mask_token, std=0.02)
 
+    def _blocks_seeded(self, x: torch.Tensor, mask: Mask, ctx: Context | None) -> torch.Tensor:
+        """The Swin blocks with the position-bias MLP's dropout drawn from a seed derived from
+        this step's mask (itself a function of (seed, epoch, sample)) and the step counter, so
+        that a resumed run repeats the same dropout (the global RNG is not part of a checkpoint)."""
+        ids = mask.ids_shuffle[:, : min(8, mask.ids_shuffle.shape[1])]
+        code = int((ids * torch.arange(1, ids.numel() + 1, device=ids.device).view_as(ids)).sum())  # one host sync
+        step = ctx.step if ctx is not None else 0
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed_for(step, code, 0x5717))
+            for blk in self.blocks:
+                x = blk(x)
+        return x
+
     def forward(self, latent: torch.Tensor, mask: Mask, ctx: Context | None = None) -> torch.Tensor:
         x = self.embed(latent)  # (B, 1 + K, d)
         tokens = restore_tokens(x[:, 1:], self.mask_token, mask.ids_restore)  # (B, N, d) in token order
         x = torch.cat([x[:, :1], tokens], dim=1) + self.pos_embed.to(x.dtype)
         if self.mode == "local":
             x = x[:, 1:]
-        for blk in self.blocks:
-            x = blk(x)
+            if self.training and self.config.meta_dropout > 0:
+                x = self._blocks_seeded(x, mask, ctx)
+            else:
+                for blk in self.blocks:
+                    x = blk(x)
+        else:
+            for blk in self.blocks:
+                x = blk(x)
         x = self.pred(self.norm(x))
         return x if self.mode == "local" else x[:, 1:]  # (B, N, out)
