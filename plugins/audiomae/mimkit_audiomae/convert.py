@@ -43,10 +43,17 @@ def _count(state: Mapping[str, Any], prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
+def table_errors(pos_embed: torch.Tensor, grid_t: int, grid_f: int) -> dict[str, float]:
+    """Max distance of a (1, 1+N, D) position embedding to the official and the correct table."""
+    d = pos_embed.shape[-1]
+    if d % 4 or pos_embed.shape[1] != 1 + grid_t * grid_f:
+        return {"official": float("inf"), "correct": float("inf")}
+    return {k: float((pos_embed[0].float() - audio_pos_table(d, grid_t, grid_f, k)).abs().max()) for k in ("official", "correct")}
+
+
 def table_kind(pos_embed: torch.Tensor, grid_t: int, grid_f: int) -> str:
     """Which sin-cos table a (1, 1+N, D) position embedding is: "official" or "correct"."""
-    d = pos_embed.shape[-1]
-    errs = {k: float((pos_embed[0].float() - audio_pos_table(d, grid_t, grid_f, k)).abs().max()) for k in ("official", "correct")}
+    errs = table_errors(pos_embed, grid_t, grid_f)
     return min(errs, key=errs.get)
 
 
@@ -75,12 +82,20 @@ def recipe_for(state: Mapping[str, torch.Tensor], num_mel_bins: int = 128) -> di
                                      "num_mel_bins": gf * patch}}
 
 
-def is_official_audiomae(state: Any) -> bool:
+def is_official_audiomae(state: Any, num_mel_bins: int = 128) -> bool:
+    """A 1-channel MAE-layout file with a decoder whose fixed position table is an Audio-MAE
+    table (official or correct) for a (T', 128 / patch) grid."""
     if not isinstance(state, Mapping) or "patch_embed.proj.weight" not in state or "pos_embed" not in state:
         return False
     w = state["patch_embed.proj.weight"]
-    return (getattr(w, "ndim", 0) == 4 and w.shape[1] == 1 and "decoder_embed.weight" in state
-            and not any(k.startswith("encoder.") for k in state))
+    if not (getattr(w, "ndim", 0) == 4 and w.shape[1] == 1 and "decoder_embed.weight" in state
+            and not any(k.startswith("encoder.") for k in state)):
+        return False
+    gf = num_mel_bins // w.shape[2]
+    n = state["pos_embed"].shape[1] - 1
+    if gf == 0 or n % gf:
+        return False
+    return min(table_errors(state["pos_embed"], n // gf, gf).values()) < 1e-3
 
 
 def import_official(obj: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], bool] | None:
