@@ -3,9 +3,8 @@ forward parity with a reference written from the official formulas (both decoder
 preset trains and resumes exactly."""
 from __future__ import annotations
 
-import math
-from functools import partial
 import shutil
+from functools import partial
 
 import numpy as np
 import pytest
@@ -14,10 +13,11 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
 import mimkit
-from mimkit.plugin_api import Mask
 from mimkit.testing import check_component, check_preset_trains, tiny_overrides
+from mimkit_audio import SpokenDigits
 from mimkit_audiomae import audio_pos_table, convert_official, shifted_window_mask, window_partition, window_reverse
 from mimkit_audiomae.convert import import_official
+from mimkit_audiomae.visualize import SpectrogramGrid
 
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (scripts/setup.sh)")
 
@@ -109,11 +109,6 @@ def official_random_masking_2d(noise_t, noise_f, mask_t_prob, mask_f_prob):
     id2res = torch.arange(n * t * f, dtype=torch.float32).reshape(n, t, f) + 999 * mask
     id2res2 = torch.argsort(id2res.flatten(1))
     return mask.flatten(1), id2res2[:, : keep_t * keep_f], torch.argsort(id2res2)
-
-
-def _tiny(extra=None):
-    recipe = {"method": "audiomae_tiny_spoken_digits", "model": {"masker": {"name": "time_freq", "t_ratio": 0.25, "f_ratio": 0.5}}}
-    return mimkit.build(mimkit.plugin_api.package_presets and recipe) if extra is None else mimkit.build({**recipe, **extra})
 
 
 def test_time_frequency_masking_statistics_and_official_equality():
@@ -282,12 +277,7 @@ def test_tiny_preset_trains_resumes_and_draws_spectrograms(tmp_path):
     over = tiny_overrides("audiomae_tiny_spoken_digits", limit=64, batch_size=16)
     run = check_preset_trains("audiomae_tiny_spoken_digits", tmp_path, over, steps=4)
     model = mimkit.load(run)
-    from mimkit_audiomae.visualize import SpectrogramGrid
-
-    ds = [model, None]
-    from mimkit_audio import SpokenDigits
-
     data = SpokenDigits(SpokenDigits.Config(split="test", target_length=128, limit=2))
     batch = torch.utils.data.default_collate([data[0], data[1]])
-    png = SpectrogramGrid()(ds[0], batch, tmp_path / "spec.png")
+    png = SpectrogramGrid()(model, batch, tmp_path / "spec.png")
     assert png.stat().st_size > 10_000

@@ -34,7 +34,7 @@ from torch import nn
 
 from mimkit.plugin_api import (
     BuildEnv, ConfigError, Context, Mask, MethodModel, Outputs, gather_tokens, init_xavier_, normalize_patches,
-    patch_stats, patchify,
+    patchify,
 )
 from mimkit_videomae import sinusoid_table
 
