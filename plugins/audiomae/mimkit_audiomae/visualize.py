@@ -54,8 +54,7 @@ class SpectrogramGrid:
         n = x.shape[0]
         names = ["fbank", f"masked ({mask.hidden.float().mean():.0%} hidden)", "reconstruction (+ visible)"]
         fig, axes = plt.subplots(n, 3, figsize=(3 * 3.2, n * 1.6), squeeze=False)
-        cmap = matplotlib.colormaps["magma"].copy()
-        cmap.set_bad("0.6")
+        cmap = matplotlib.colormaps["magma"].with_extremes(bad="0.6")
         for i in range(n):
             for j in range(3):
                 ax = axes[i][j]
