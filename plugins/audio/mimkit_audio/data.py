@@ -200,6 +200,11 @@ class SpokenDigits(_AudioDataset):
         cache: bool = True
         limit: int | None = None
 
+    @classmethod
+    def eval_split(cls, config: "SpokenDigits.Config", split: str) -> "SpokenDigits.Config":
+        """The whole labelled train or test split (the core's evaluation capability)."""
+        return attrs.evolve(config, split=split, limit=None)
+
     def __init__(self, config: "SpokenDigits.Config", split: str | None = None, train: bool | None = None):
         split = split or config.split
         for v in config.voices:

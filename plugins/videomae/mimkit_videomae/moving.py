@@ -42,6 +42,11 @@ class MovingFashionMNIST(Dataset):
         seed: int = 0
         limit: int | None = None
 
+    @classmethod
+    def eval_split(cls, config: "MovingFashionMNIST.Config", split: str) -> "MovingFashionMNIST.Config":
+        """The whole labelled train or test split (the core's evaluation capability)."""
+        return attrs.evolve(config, split=split, limit=None)
+
     def __init__(self, config: "MovingFashionMNIST.Config", split: str | None = None, train: bool | None = None):
         self.config = config
         for m in config.motions:
