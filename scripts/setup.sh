@@ -27,3 +27,8 @@ if ! ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>
   SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null
 fi
+if ! command -v flite >/dev/null 2>&1; then
+  echo "[setup] installing Debian's flite (the spoken_digits audio set is synthesized with it) ..."
+  SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends flite >/dev/null
+fi

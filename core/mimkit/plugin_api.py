@@ -10,6 +10,7 @@ A plugin module declares the hook-API version it was written for as a literal::
 """
 from __future__ import annotations
 
+from .api import build_model, load  # protocols of plugins load run folders and build baselines
 from .components import (
     BuildEnv, Dataset, Decoder, Encoder, EvalProtocol, Loss, LossConfig, Masker, Target, Teacher, Visualizer,
     init_xavier_,
@@ -52,6 +53,8 @@ __all__ = [
     # data
     "SeededDataset", "FashionMNIST", "ImageFolder", "seed_for", "IMAGENET_MEAN", "IMAGENET_STD",
     "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_CLASSES",
+    # loading models (protocols)
+    "load", "build_model",
     # errors
     "MimkitError", "ConfigError", "DataError", "CheckpointError", "PluginError",
 ]

