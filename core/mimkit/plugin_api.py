@@ -10,6 +10,7 @@ A plugin module declares the hook-API version it was written for as a literal::
 """
 from __future__ import annotations
 
+from .api import load  # noqa: F401  (re-exported: plugin protocols load runs, e.g. zero-shot)
 from .components import (
     BuildEnv, Dataset, Decoder, Encoder, EvalProtocol, Loss, LossConfig, Masker, Target, Teacher, Visualizer,
     init_xavier_,
