@@ -237,15 +237,21 @@ class TuxPaintStamps(ImageTextFolder):
 
     @attrs.define(kw_only=True)
     class Config(ImageTextFolder.Config):
-        root: str = str(TUXPAINT_ROOT)
+        root: str | None = None  # default: Debian's folder, else ~/.cache/mimkit/tuxpaint (setup_language_data.sh)
         bad_captions: str = attrs.field(default="skip", validator=one_of("error", "skip"))
         labels: str = attrs.field(default="folder", validator=one_of("none", "folder"))
 
     def __init__(self, config: "TuxPaintStamps.Config", split: str | None = None, train: bool | None = None):
-        if not Path(config.root).is_dir():
-            raise DataError(f"Tux Paint stamps not found at {config.root}: `apt-get install tuxpaint-stamps-default` "
-                            "(or `bash scripts/setup_language_data.sh`)")
-        super().__init__(config, split=split, train=train)
+        candidates = [Path(config.root)] if config.root else [
+            TUXPAINT_ROOT, Path.home() / ".cache/mimkit/tuxpaint" / TUXPAINT_ROOT.relative_to("/")]
+        root = next((c for c in candidates if c.is_dir()), None)
+        if root is None:
+            raise DataError(f"Tux Paint stamps not found in {', '.join(map(str, candidates))}: "
+                            "`apt-get install tuxpaint-stamps-default` or `bash scripts/setup_language_data.sh`")
+        super().__init__(attrs.evolve(config, root=str(root)), split=split, train=train)
+
+    def split_key(self, path: Path) -> str:
+        return path.stem  # a stamp's name: its variants in other folders stay on one side
 
 
 EMOJI_PACKAGE = "emoji-datasource-google"
