@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,8 +94,8 @@ def test_two_processes_give_the_single_process_loss_and_weights(tmp_path):
     launch = [str(script), "launch"] if script.is_file() else [sys.executable, "-m", "accelerate.commands.launch"]
     out = subprocess.run([*launch, "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mimkit.cli", "train", str(f)],
-                         capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
-                                                                           "PYTHONWARNINGS": "ignore"})
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore",
+                                                                           "OMP_NUM_THREADS": "1"})  # 2 ranks, 1 core each
     assert out.returncode == 0, out.stderr[-3000:]
     two = tmp_path / "two"
     assert json.loads((two / "meta.json").read_text())["world_size"] == 2
