@@ -70,8 +70,9 @@ class FLIP(MethodModel):
 
     @attrs.define(kw_only=True)
     class Config:
-        encoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "vit", "mode": "visible_only"})
-        masker: dict[str, Any] = attrs.field(factory=lambda: {"name": "random", "ratio": 0.5})
+        encoder: dict[str, Any] = attrs.field(metadata={"component": "encoders"},
+                                              factory=lambda: {"name": "vit", "mode": "visible_only"})
+        masker: dict[str, Any] = attrs.field(metadata={"component": "maskers"}, factory=lambda: {"name": "random", "ratio": 0.5})
         text: dict[str, Any] = attrs.field(factory=lambda: {"name": "transformer"})
         embed_dim: int = 768  # proj_dim_out (ViT-B preset: 512)
         image_pool: str = attrs.field(default="all_mean", validator=one_of("all_mean", "patch_mean", "cls"))

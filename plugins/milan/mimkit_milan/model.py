@@ -35,11 +35,12 @@ class MILAN(MethodModel):
 
     @attrs.define(kw_only=True)
     class Config:
-        encoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "vit", "mode": "visible_only"})
-        teacher: dict[str, Any] = attrs.field(factory=lambda: {"name": "flip_image"})
-        masker: dict[str, Any] = attrs.field(factory=lambda: {
+        encoder: dict[str, Any] = attrs.field(metadata={"component": "encoders"},
+                                              factory=lambda: {"name": "vit", "mode": "visible_only"})
+        teacher: dict[str, Any] = attrs.field(metadata={"component": "teachers"}, factory=lambda: {"name": "flip_image"})
+        masker: dict[str, Any] = attrs.field(metadata={"component": "maskers"}, factory=lambda: {
             "name": "attention_guided", "keep": "high", "sampling": "multinomial", "ratio": 0.75, "masking_prob": 1.0})
-        decoder: dict[str, Any] = attrs.field(factory=lambda: {"name": "prompting", "embed_dim": 512, "depth": 8,
+        decoder: dict[str, Any] = attrs.field(metadata={"component": "decoders"}, factory=lambda: {"name": "prompting", "embed_dim": 512, "depth": 8,
                                                                 "num_heads": 16})
         input_key: str = "image"
 

@@ -54,7 +54,7 @@ class FLIPImageTeacher(nn.Module):
         self.config = config
         if config.source is not None:
             try:
-                flip = load(config.source)
+                flip = (env.load or load)(config.source)
             except Exception as exc:
                 raise ConfigError(f"model.teacher.source: cannot load the FLIP run {config.source!r}: {exc}") from None
         else:

@@ -132,6 +132,13 @@ class ImageTextFolder(Dataset):
         test_fraction: float = 0.2
         limit: int | None = None
 
+    @classmethod
+    def eval_split(cls, config: "ImageTextFolder.Config", split: str) -> "ImageTextFolder.Config | None":
+        """Labelled splits exist when the folder is split by name (``split: train|test``) and labelled."""
+        if config.split == "all" or config.labels == "none":
+            return None
+        return attrs.evolve(config, split=split, limit=None)
+
     def __init__(self, config: "ImageTextFolder.Config", split: str | None = None, train: bool | None = None):
         self.config = config
         self.root = Path(config.root)
@@ -286,6 +293,11 @@ class NotoEmoji(Dataset):
         crop_scale: tuple[float, float] = (0.5, 1.0)
         flip: bool = False  # emoji have a handedness
         limit: int | None = None
+
+    @classmethod
+    def eval_split(cls, config: "NotoEmoji.Config", split: str) -> "NotoEmoji.Config":
+        """The labelled train / test split (by name), whole."""
+        return attrs.evolve(config, split=split, limit=None)
 
     def __init__(self, config: "NotoEmoji.Config", split: str | None = None, train: bool | None = None):
         self.config = config
