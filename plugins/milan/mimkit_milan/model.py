@@ -1,0 +1,84 @@
+"""MILAN (Hou et al., 2022): masked image pretraining on language-assisted representation.
+
+One step (``models_milan.py: MaskedAutoencoderViT.forward`` with ``use_clip``, ``attn_mask``,
+``change_decoder``), shapes for B images of N patches:
+
+    image -> frozen teacher -> t (B, 1 + N, E) per-token language-aligned features,
+                               a (B, N) last-layer [CLS]->patch attention
+    a -> semantic-aware masker: keep 25% sampled WITHOUT replacement with probability ∝ a
+         (``torch.multinomial(importance, N)``; here the attmask plugin's ``attention_guided``
+         masker, ``keep: high, sampling: multinomial`` = Gumbel top-k, the same distribution)
+    image -> visible-only ViT -> latent (B, 1 + K, D)
+    latent -> prompting decoder (visible tokens are frozen prompts) -> p (B, 1 + N, E)
+    loss = mean over ALL tokens ([CLS], visible, hidden) of 2 - 2 cos(p, t)   (``forward_loss``)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, MethodModel, Outputs, component
+
+
+def milan_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mean(2 - 2 cos) over every token: pred, target (B, T, E), both L2-normalized here."""
+    pred = pred / pred.norm(dim=-1, keepdim=True)
+    target = target / target.norm(dim=-1, keepdim=True)
+    return (2 - 2 * (pred * target).sum(-1)).mean()
+
+
+class MILAN(MethodModel):
+    """Teacher -> attention-driven masker -> visible-only encoder -> prompting decoder -> 2 - 2 cos."""
+
+    @attrs.define(kw_only=True)
+    class Config:
+        encoder: dict[str, Any] = attrs.field(metadata={"component": "encoders"},
+                                              factory=lambda: {"name": "vit", "mode": "visible_only"})
+        teacher: dict[str, Any] = attrs.field(metadata={"component": "teachers"}, factory=lambda: {"name": "flip_image"})
+        masker: dict[str, Any] = attrs.field(metadata={"component": "maskers"}, factory=lambda: {
+            "name": "attention_guided", "keep": "high", "sampling": "multinomial", "ratio": 0.75, "masking_prob": 1.0})
+        decoder: dict[str, Any] = attrs.field(metadata={"component": "decoders"}, factory=lambda: {"name": "prompting", "embed_dim": 512, "depth": 8,
+                                                                "num_heads": 16})
+        input_key: str = "image"
+
+    def __init__(self, config: "MILAN.Config", env: BuildEnv):
+        super().__init__()
+        self.config = config
+        reg = env.registry
+        env.input_key = config.input_key
+        cls, cfg = component("encoders", config.encoder, "model.encoder", reg)
+        self.encoder = cls(cfg, env)
+        env.encoder = self.encoder
+        cls, cfg = component("teachers", config.teacher, "model.teacher", reg)
+        self.teacher = cls(cfg, env, student=self)
+        grid = tuple(getattr(self.teacher, "grid", self.encoder.grid[1:]))[-2:]
+        if grid != tuple(self.encoder.grid[1:]):
+            raise ConfigError(f"model.teacher: its patch grid {grid} differs from the encoder's {self.encoder.grid[1:]}")
+        env.target_dim = self.teacher.dim  # the decoder predicts the teacher's width (CLIP B/16: 512)
+        cls, cfg = component("decoders", config.decoder, "model.decoder", reg)
+        self.decoder = cls(cfg, env)
+        cls, cfg = component("maskers", config.masker, "model.masker", reg)
+        self.masker = cls(cfg, env)
+        self.input_key = config.input_key
+
+    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
+        ctx = ctx if ctx is not None else Context()
+        x = batch[self.input_key]  # (B, C, H, W)
+        with torch.no_grad():
+            ctx.teacher = self.teacher(batch, ctx)  # teacher_tokens (B, 1+N, E), teacher_cls_attn (B, N)
+        if noise is None:
+            noise = batch.get("mask_noise")
+        if noise is None:
+            noise = self.masker.draw(x.shape[0], ctx.generator, x.device)
+        mask = self.masker(batch, noise.to(x.device), ctx)  # keeps 25%, ∝ attention
+        latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1 + K, D)
+        pred = self.decoder(latent, mask, ctx)  # (B, 1 + N, E)
+        target = ctx.teacher["teacher_tokens"].float()
+        target = target / target.norm(dim=-1, keepdim=True)  # L2-normalized teacher features
+        loss = milan_loss(pred.float(), target)
+        out = Outputs(loss=loss, losses={"cos": loss}, pred=pred, target=target, mask=mask, latent=latent)
+        out.extra.update(ctx.teacher)
+        return out
