@@ -74,10 +74,10 @@ class LayerSweep:
         seed: int = 0
         limit_train: int | None = 10000
         limit_test: int | None = 2000
-        epochs: int = 30
-        batch_size: int = 256
+        epochs: int = 100
+        batch_size: int = 128
         blr: float = 0.1
-        warmup_epochs: float = 3.0
+        warmup_epochs: float = 10.0
         plot: str | None = None  # PNG path; default next to the JSON (SOURCE/eval/igpt_layers.png)
 
     def __init__(self, config: "LayerSweep.Config"):
