@@ -22,6 +22,7 @@ from .data import (
     seed_for,
 )
 from .errors import CheckpointError, ConfigError, DataError, MimkitError, PluginError
+from .evaluate import LinearProbe, classifier_from_encoder, cosine_lr, eval_datasets, load_source, topk_accuracy, train_linear_probe  # noqa: E501
 from .components.teachers import EMATeacher, FrozenTeacher, cls_attention, encoder_outputs
 from .components.vit import ViTEncoder
 from .geometry import (
@@ -55,6 +56,7 @@ __all__ = [
     "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_CLASSES",
     # loading models (protocols)
     "load", "build_model",
+    "LinearProbe", "classifier_from_encoder", "cosine_lr", "eval_datasets", "load_source", "topk_accuracy", "train_linear_probe",
     # errors
     "MimkitError", "ConfigError", "DataError", "CheckpointError", "PluginError",
 ]
