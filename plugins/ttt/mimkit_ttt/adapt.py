@@ -56,6 +56,8 @@ class AdaptConfig:
 class TestTimeTrainer:
     """Holds the trained state and adapts a :class:`TTT` model image by image."""
 
+    __test__ = False  # not a pytest class
+
     def __init__(self, model: TTT, config: AdaptConfig, seed: int = 0):
         self.model, self.config = model, config
         self.base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
