@@ -22,7 +22,7 @@ from .data import (
     seed_for,
 )
 from .errors import CheckpointError, ConfigError, DataError, MimkitError, PluginError
-from .evaluate import LinearProbe, classifier_from_encoder, cosine_lr, eval_datasets, load_source, topk_accuracy, train_linear_probe  # noqa: E501
+from .evaluation import LinearProbe, classifier_from_encoder, cosine_lr, eval_datasets, load_source, topk_accuracy, train_linear_probe  # noqa: E501
 from .components.teachers import EMATeacher, FrozenTeacher, cls_attention, encoder_outputs
 from .components.vit import ViTEncoder
 from .geometry import (
