@@ -21,8 +21,11 @@ from .data import (
     FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD, SeededDataset,
     seed_for,
 )
-from .evaluation import eval_datasets, head_subset, load_source, select_train, topk_accuracy, train_linear_probe  # noqa: E501
 from .errors import CheckpointError, ConfigError, DataError, MimkitError, PluginError
+from .evaluation import (
+    LinearProbe, classifier_from_encoder, cosine_lr, eval_datasets, head_subset, load_source, select_train,
+    topk_accuracy, train_linear_probe,
+)
 from .components.teachers import EMATeacher, FrozenTeacher, cls_attention, encoder_outputs
 from .components.vit import ViTEncoder
 from .geometry import (
@@ -56,8 +59,9 @@ __all__ = [
     "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_CLASSES",
     # loading models (protocols)
     "load", "build_model",
-    # frozen-feature protocols of plugins (layer sweeps)
-    "eval_datasets", "head_subset", "load_source", "select_train", "topk_accuracy", "train_linear_probe",
+    # evaluation pieces for plugin protocols (layer sweeps, test-time training, MRA fine-tuning)
+    "LinearProbe", "classifier_from_encoder", "cosine_lr", "eval_datasets", "head_subset", "load_source",
+    "select_train", "topk_accuracy", "train_linear_probe",
     # errors
     "MimkitError", "ConfigError", "DataError", "CheckpointError", "PluginError",
 ]
