@@ -140,8 +140,9 @@ def test_target_aware_decoder_contract():
 
 
 def test_tiny_preset_trains_and_every_term_falls(tmp_path):
-    run = check_preset_trains(TINY, tmp_path, tiny_overrides(TINY, limit=128, batch_size=16), steps=8,
-                              check_resume=False)
+    small = {"model": {"encoder": {"depth": 2}, "pixel_decoder": {"depth": 1}, "feature_decoder": {"depth": 1}}}
+    over = tiny_overrides(TINY, limit=96, batch_size=16) | small
+    run = check_preset_trains(TINY, tmp_path, over, steps=6, check_resume=False)
     import json
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     for key in ("loss/pix", "loss/feat"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from mimkit.plugin_api import hookimpl, package_presets
 
 from .model import SiameseMIM
+from .occlusion import OcclusionInvariance
 
 MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
 
@@ -17,3 +18,8 @@ def mimkit_models():
 @hookimpl
 def mimkit_presets():
     return package_presets("mimkit_siamese_mim")
+
+
+@hookimpl
+def mimkit_protocols():
+    return {"occlusion": OcclusionInvariance}
