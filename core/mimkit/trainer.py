@@ -337,7 +337,10 @@ class _Run:
         seeded.set_epoch(s.epoch)
         batches = epoch_batches(len(seeded), self.recipe.seed, s.epoch, p.global_batch, self.rank,
                                 self.world)[:p.micro_per_epoch]
-        return DataLoader(seeded, batch_sampler=batches[s.micro:], collate_fn=collate,
+        # A loader of its own generator: creating the iterator would otherwise draw from the global
+        # RNG (drop path, dropout), at a different point on resume than in the uninterrupted run.
+        own = torch.Generator().manual_seed(seed_for(self.recipe.seed, s.epoch, self.rank, 4))
+        return DataLoader(seeded, batch_sampler=batches[s.micro:], collate_fn=collate, generator=own,
                           num_workers=self.tc.num_workers, pin_memory=self.accelerator.device.type == "cuda")
 
     def train_step(self, batch: dict, ctx: Context) -> bool:
