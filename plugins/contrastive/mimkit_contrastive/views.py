@@ -4,11 +4,14 @@ self-distillation methods (CMAE, MACRL, iBOT/AttMask global crops).
 Item: {"image": online view (C, S, S), "image_target": second view (C, S, S), "label",
 "shift": (2,) long, the target crop's offset from the online crop in pixels (dy, dx)}.
 
-``pairing: shift`` (CMAE's ShiftPixel): one RandomResizedCrop+flip "master" image of side
-S + max_shift; the online view is an S-crop at a random offset, the target view an S-crop at
-another random offset, so the two are shifted by at most ``max_shift`` px per axis (CMAE: 31 px
-at 224 -> round(31 * S / 224), e.g. 4 px at 32). ``pairing: independent``: two independent
-RandomResizedCrop+flip views (iBOT global crops, MACRL).
+Every crop is cut from the **whole** image, as the official pipelines do: the base dataset's
+own transform is replaced by a plain conversion to [0, 1] pixels (no resize, no centre crop).
+
+``pairing: shift`` (CMAE's ShiftPixel, ``cmae_dataset.py``): one RandomResizedCrop+flip
+"master" image of side S + max_shift + 1 (256 at S = 224); the online view is the S-crop at
+offset (0, 0) (ShiftPixel with pixel = 0), the target view the S-crop at an offset drawn
+U{0..max_shift} per axis (CMAE: 31 px at 224 -> round(31 * S / 224), e.g. 4 px at 32).
+``pairing: independent``: two independent RandomResizedCrop+flip views (iBOT global crops, MACRL).
 
 ``weak`` augmentation is crop + flip only; ``strong`` adds color jitter (0.4, 0.4, 0.4, 0.1,
 p 0.8), grayscale (p 0.2) and Gaussian blur (sigma 0.1-2, p 0.5). On 1-channel images only
@@ -54,8 +57,13 @@ class TwoViews(torch.utils.data.Dataset):
     def __init__(self, config: "TwoViews.Config", split: str | None = None, train: bool | None = None):
         self.config = config
         cls, cfg = component("datasets", config.base, "data.base", registry())
-        # The base gives the un-augmented, normalized image; the views are made here.
+        # The views are cut here from the whole image: the base's own transform (resize +
+        # centre crop + normalize when built with train=False) is replaced by a conversion to
+        # [0, 1] pixels. A base without a ``transform`` attribute gives its normalized image.
         self.base = cls(cfg, split=split, train=False)
+        self.raw = hasattr(self.base, "transform")
+        if self.raw:
+            self.base.transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
         self.mean = tuple(getattr(self.base, "mean", None) or IMAGENET_MEAN)
         self.std = tuple(getattr(self.base, "std", None) or IMAGENET_STD)
         self.train = True if train is None else train
@@ -117,19 +125,20 @@ class TwoViews(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = dict(self.base[i])
-        x = self._unnorm(item.pop("image"))  # (C, H, W) in [0, 1]
+        x = item.pop("image")
+        x = x.float().clamp(0, 1) if self.raw else self._unnorm(x)  # (C, H, W) in [0, 1], whole image
         s, m = self.size, self.shift
         c = self.config
-        if not self.train:
-            x = TF.resize(x, [s, s], antialias=True)
-            a = b = x
+        if not self.train:  # evaluation: resize the short side, centre crop
+            x = TF.center_crop(TF.resize(x, [s], interpolation=v2.InterpolationMode.BICUBIC, antialias=True), [s, s])
+            a = b = x.clamp(0, 1)
             shift = torch.zeros(2, dtype=torch.long)
         elif c.pairing == "shift":
-            master = self._rrc(x, s + m)  # (C, S + m, S + m)
-            oy, ox, ty, tx = (int(v) for v in torch.randint(0, m + 1, (4,)))
-            a = master[:, oy : oy + s, ox : ox + s]
+            master = self._rrc(x, s + m + 1)  # (C, S + m + 1, S + m + 1): 256 at S = 224
+            ty, tx = (int(v) for v in torch.randint(0, m + 1, (2,)))
+            a = master[:, :s, :s]  # online view: offset (0, 0)
             b = master[:, ty : ty + s, tx : tx + s]
-            shift = torch.tensor([ty - oy, tx - ox])
+            shift = torch.tensor([ty, tx])
         else:
             a, b = self._rrc(x, s), self._rrc(x, s)
             shift = torch.zeros(2, dtype=torch.long)
