@@ -128,7 +128,7 @@ def _components(mask: torch.Tensor) -> list[int]:
 
 
 def test_block_masks_exact_count_and_blocks() -> None:
-    model = mimkit.build({"method": "maskfeat_vit_base_patch16"})
+    model = mimkit.build({"method": "maskfeat_vit_base_patch16", "model": {"masker": {"exact": True}}})
     masker = model.masker
     g = torch.Generator().manual_seed(0)
     sizes = []
@@ -148,7 +148,7 @@ def test_block_masks_exact_count_and_blocks() -> None:
 def test_block_mask_small_grid_exact(num_hidden: int) -> None:
     g = torch.Generator().manual_seed(3)
     for _ in range(10):
-        m = block_mask(4, 4, num_hidden, g, min_num_patches=2)
+        m = block_mask(4, 4, num_hidden, g, min_num_patches=2, exact=True)
         assert int(m.sum()) == num_hidden
 
 
