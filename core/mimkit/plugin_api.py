@@ -34,6 +34,7 @@ from .model import MethodModel
 from .plugins import registry
 from .schema import FieldError, component, one_of
 from .types import Context, Mask, Outputs
+from .api import build as build_model, load_state  # noqa: E402 - for plugins' checkpoint importers/exporters
 
 __all__ = [
     # hooks and versions
@@ -57,4 +58,5 @@ __all__ = [
     "load", "build_model",
     # errors
     "MimkitError", "ConfigError", "DataError", "CheckpointError", "PluginError",
+    "build_model", "load_state",
 ]
