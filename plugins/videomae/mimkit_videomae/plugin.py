@@ -8,6 +8,7 @@ from .convert import import_official
 from .data import SkvideoClips, VideoFolder
 from .decoder import VideoMAEDecoder
 from .encoder import VideoViTEncoder
+from .hf import import_hf
 from .masking import TubeMasker
 from .moving import MovingFashionMNIST
 from .visualize import VideoPixelTarget, VideoReconstruction
@@ -53,4 +54,4 @@ def mimkit_visualizers():
 
 @hookimpl
 def mimkit_importers():
-    return {"videomae_official": import_official}
+    return {"videomae_official": import_official, "videomae_hf": import_hf}
