@@ -160,7 +160,8 @@ def test_linear_head_masked_and_visible_only_error() -> None:
     model = mimkit.build({"method": "maskfeat_tiny_fashion_mnist", "model": {"decoder": {"predict": "masked"}}})
     out = model({"image": torch.randn(3, 1, 32, 32)}, noise=model.masker.draw(3, torch.Generator().manual_seed(0), "cpu"))
     assert out.pred.shape == (3, 6, 36) and out.target.shape == (3, 6, 36) and out.pred_scope == "masked"
-    bad = mimkit.build({"method": "maskfeat_tiny_fashion_mnist", "model": {"encoder": {"mode": "visible_only"}}})
+    bad = mimkit.build({"method": "maskfeat_tiny_fashion_mnist",
+                        "model": {"encoder": {"mode": "visible_only"}, "masker": {"exact": True}}})
     with pytest.raises(ValueError, match="with_mask_token"):
         bad({"image": torch.randn(2, 1, 32, 32)})
 

@@ -94,3 +94,12 @@ def test_mask_token_is_trunc_normal_002() -> None:
     m = mimkit.build({"method": "maskfeat_vit_base_patch16", "model": {"encoder": {"depth": 1}}})
     t = m.encoder.mask_token.detach()
     assert float(t.std()) == pytest.approx(0.02, rel=0.1) and float(t.abs().max()) < 0.1
+
+
+def test_predict_masked_refuses_unequal_counts(model) -> None:
+    m = mimkit.build({"method": "maskfeat_vit_base_patch16",
+                      "model": {"encoder": {"embed_dim": 48, "depth": 1, "num_heads": 3}, "decoder": {"predict": "masked"}}})
+    hidden = torch.zeros(2, 196, dtype=torch.bool)
+    hidden[0, :78], hidden[1, :76] = True, True
+    with pytest.raises(ValueError, match="exact: true"):
+        m({"image": torch.rand(2, 3, 224, 224)}, noise=hidden)
