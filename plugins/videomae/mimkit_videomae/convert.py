@@ -84,7 +84,7 @@ def recipe_for(state: Mapping[str, torch.Tensor], num_frames: int = 16, img_size
                     "img_size": img_size, "num_frames": num_frames, "tubelet_size": pt, "patch_size": p,
                     "in_chans": chans, "qkv_bias": "qv", "norm_eps": 1e-6},
         "masker": {"name": "tube", "ratio": 0.9},
-        "target": {"name": "pixels", "norm": "patch_channel", "unbiased": True, "eps": 1.0e-6,
+        "target": {"name": "video_pixels", "norm": "patch_channel", "unbiased": True, "eps": 1.0e-6,
                    "eps_inside_sqrt": False, "input_mean": [0.485, 0.456, 0.406], "input_std": [0.229, 0.224, 0.225]},
         "decoder": {"name": "videomae", "embed_dim": ddim, "depth": _count(state, "decoder.blocks."),
                     "num_heads": DECODER_HEADS.get(ddim, max(1, ddim // 64)),

@@ -86,7 +86,7 @@ def recipe_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     d, dd = cfg["hidden_size"], cfg["decoder_hidden_size"]
     if not cfg.get("qv_bias", True):
         raise CheckpointError("VideoMAE config with qv_bias: false is not supported (mimkit's video_vit: q/v biases)")
-    target = {"name": "pixels", "norm": "patch_channel" if cfg.get("norm_pix_loss", True) else "none",
+    target = {"name": "video_pixels", "norm": "patch_channel" if cfg.get("norm_pix_loss", True) else "none",
               "unbiased": True, "eps": 1.0e-6, "eps_inside_sqrt": False,
               "input_mean": [0.485, 0.456, 0.406], "input_std": [0.229, 0.224, 0.225]}
     return {"model": {
