@@ -38,6 +38,7 @@ from .model import MethodModel
 from .plugins import registry
 from .schema import FieldError, component, one_of
 from .types import Context, Mask, Outputs
+from .api import build as build_model, load_state  # noqa: E402 - for plugins' checkpoint importers/exporters
 
 __all__ = [
     # hooks and versions
@@ -64,4 +65,5 @@ __all__ = [
     "select_train", "topk_accuracy", "train_linear_probe",
     # errors
     "MimkitError", "ConfigError", "DataError", "CheckpointError", "PluginError",
+    "build_model", "load_state",
 ]

@@ -10,12 +10,16 @@
     teacher distributions are centered (EMA center, momentum 0.9) and sharpened (temperature
     warmed up 0.04 -> 0.07 over 30 epochs); the student temperature is 0.1.
 
-Deviation: multi-crop is reduced to the 2 global crops (no 10 local crops) — the local crops
-only add [CLS] terms and cost most of the compute; with a single view (no ``image_target``)
-the [CLS] term compares the view with itself.
+Multi-crop (``main_attmask.py``): the two global crops are masked together (one ratio per
+batch, shared) and seen by the teacher and the student; the local crops (``image_local``,
+(B, L, C, s, s), 96 px at 224) are seen by the student only, never masked, and add [CLS] terms
+against both teacher global crops. With a single view (no ``image_target``) the [CLS] term
+compares the view with itself. Evaluation (k-NN, linear probe) reads the **teacher** encoder
+(``eval_encoder``), as the official evaluation scripts load ``teacher`` weights.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -25,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimkit.plugin_api import BuildEnv, component, ConfigError, Context, Mask, MethodModel, Outputs
+
+from .masking import mask_from_hidden
 
 
 class IBOTHead(nn.Module):
@@ -49,9 +55,10 @@ class IBOTHead(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-        # weight norm written out: W = g * V / ||V|| per prototype (row)
+        # weight norm written out: W = g * V / ||V|| per prototype (row); V keeps nn.Linear's
+        # default init (kaiming-uniform, a = sqrt(5)), as the official weight_norm(nn.Linear) layer
         v = torch.empty(out_dim, bottleneck_dim)
-        nn.init.trunc_normal_(v, std=0.02)
+        nn.init.kaiming_uniform_(v, a=math.sqrt(5))
         self.last_v = nn.Parameter(v)  # (K, bottleneck)
         self.last_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)  # (K, 1)
         self.freeze_last = False  # set by the model during the first epoch(s)
@@ -66,10 +73,14 @@ class IBOTHead(nn.Module):
 
 
 def teacher_temp_at(epoch: float, start: float, end: float, warmup_epochs: float) -> float:
-    """Linear warm-up from ``start`` to ``end`` over ``warmup_epochs``, then constant."""
-    if warmup_epochs <= 0 or epoch >= warmup_epochs:
+    """The official per-epoch schedule: ``np.linspace(start, end, warmup_epochs)`` indexed by
+    the integer epoch (so the end value is reached at epoch warmup_epochs - 1), then constant."""
+    e, w = int(epoch), int(warmup_epochs)
+    if w <= 0 or e >= w:
         return end
-    return start + (end - start) * epoch / warmup_epochs
+    if w == 1:
+        return start  # linspace(start, end, 1) == [start]
+    return start + (end - start) * e / (w - 1)
 
 
 class IBOTLoss(nn.Module):
@@ -97,8 +108,10 @@ class IBOTLoss(nn.Module):
         return F.softmax((t_cls - self.center) / tc, dim=-1), F.softmax((t_patch - self.center2) / tp, dim=-1)
 
     def forward(self, s_cls: list[torch.Tensor], s_patch: list[torch.Tensor], t_cls: list[torch.Tensor],
-                t_patch: list[torch.Tensor], hidden: list[torch.Tensor], epoch: float) -> dict[str, torch.Tensor]:
-        """Per view: s_cls/t_cls (B, K), s_patch/t_patch (B, N, K), hidden (B, N) bool."""
+                t_patch: list[torch.Tensor], hidden: list[torch.Tensor], epoch: float,
+                s_local: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Per global view: s_cls/t_cls (B, K), s_patch/t_patch (B, N, K), hidden (B, N) bool;
+        ``s_local``: the student's [CLS] logits (B, K) of each local crop ([CLS] terms only)."""
         probs = [self.teacher_probs(c, p, epoch) for c, p in zip(t_cls, t_patch)]
         total1 = total2 = None
         n1 = n2 = 0
@@ -116,6 +129,10 @@ class IBOTLoss(nn.Module):
                     ce = torch.sum(-tq_cls * F.log_softmax(s_cls[v] / self.student_temp, dim=-1), dim=-1)  # (B,)
                     total1 = ce.mean() if total1 is None else total1 + ce.mean()
                     n1 += 1
+            for s_l in s_local or []:
+                ce = torch.sum(-tq_cls * F.log_softmax(s_l / self.student_temp, dim=-1), dim=-1)  # (B,)
+                total1 = ce.mean() if total1 is None else total1 + ce.mean()
+                n1 += 1
         self.update_center(torch.cat(t_cls), torch.cat(t_patch))
         return {"cls": total1 / n1 * self.lambda1, "patch": total2 / n2 * self.lambda2}
 
@@ -131,6 +148,38 @@ class IBOTLoss(nn.Module):
         m = self.center_momentum
         self.center.mul_(m).add_(cls_sum / count, alpha=1 - m)
         self.center2.mul_(m).add_(patch_sum / count, alpha=1 - m)
+
+
+def _split_mask(mask: Mask, i: int, b: int) -> Mask:
+    """View i's rows of a mask made on all views at once."""
+    return mask_from_hidden(mask.hidden[i * b : (i + 1) * b])
+
+
+def local_cls(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The [CLS] latent (B, D) of crops of another size than the encoder's (iBOT's local crops):
+    patch embedding, the patch position table resized bicubically to the crop's grid (DINO's
+    ``interpolate_pos_encoding``), no mask, the blocks and the final norm."""
+    vit = encoder.vit
+    proj = vit.patch_embed.proj
+    t = F.conv2d(x, proj.weight, proj.bias, stride=proj.stride).flatten(2).transpose(1, 2)  # (B, n, D)
+    npfx = encoder.num_prefix_tokens
+    pos = vit.pos_embed[:, npfx:]
+    gh, gw = encoder.grid[-2], encoder.grid[-1]
+    h, w = x.shape[-2] // proj.stride[0], x.shape[-1] // proj.stride[1]
+    if (h, w) != (gh, gw):
+        d = pos.shape[-1]
+        pos = F.interpolate(pos.reshape(1, gh, gw, d).permute(0, 3, 1, 2), size=(h, w), mode="bicubic",
+                            align_corners=False).permute(0, 2, 3, 1).reshape(1, h * w, d)
+    t = t + pos
+    if npfx:
+        t = torch.cat([(vit.cls_token + vit.pos_embed[:, :1]).expand(t.shape[0], -1, -1), t], 1)
+    return encoder.encode(vit.norm_pre(t))[:, 0]
+
+
+def last_blocks_cls(encoder: nn.Module, x: torch.Tensor, n: int = 4) -> torch.Tensor:
+    """(B, n*D): the final-normed [CLS] of each of the last ``n`` blocks, concatenated."""
+    _, layers = encoder.encode(encoder.embed(x), None, return_layers=True)
+    return torch.cat([encoder.vit.norm(h)[:, 0] for h in layers[-n:]], dim=-1)
 
 
 class _ViewMasker(nn.Module):
@@ -163,6 +212,7 @@ class IBOTModel(MethodModel):
             "name": "ema", "copy": ["encoder", "head"], "momentum": 0.996, "momentum_end": 1.0,
             "schedule": "cosine", "every": "step"})
         views: list[str] = attrs.field(factory=lambda: ["image", "image_target"])
+        local_key: str = "image_local"  # (B, L, C, s, s) local crops: student only, never masked
         out_dim: int = 8192
         hidden_dim: int = 2048
         bottleneck_dim: int = 256
@@ -204,43 +254,68 @@ class IBOTModel(MethodModel):
     def _teacher_head(self) -> nn.Module:
         return self.teacher.copies["head"]
 
-    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
+    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None,
+                mask: torch.Tensor | list[torch.Tensor] | None = None) -> Outputs:
+        """One step. ``mask``: explicit masks of the global views, a list of (B, N) bool maps or
+        one (V*B, N) map (True = hidden), overriding the masker and ``noise``."""
         ctx = ctx if ctx is not None else Context()
         views = [batch[k] for k in self.config.views if k in batch]  # V x (B, C, H, W)
         if not views:
             raise KeyError(f"iBOT needs at least one of the views {self.config.views} in the batch")
-        b = views[0].shape[0]
-        if noise is None:
-            noise = batch.get("mask_noise")
-        if noise is None:
-            noise = torch.stack([self.masker.sample_noise(ctx.generator or torch.Generator().manual_seed(torch.seed() % 2**63))
-                                 for _ in range(b)])
-        noise = noise.to(views[0].device)
-        noises = self.masker.split(noise)
+        b, nv = views[0].shape[0], len(views)
         epoch = ctx.epoch + (ctx.step % self.steps_per_epoch) / self.steps_per_epoch if self.steps_per_epoch > 1 else float(ctx.epoch)
         self.head.freeze_last = self.training and epoch < self.config.freeze_last_layer_epochs
         in_key = getattr(self.teacher.config, "input_key", "image")
-        s_cls, s_patch, t_cls, t_patch, hidden, masks = [], [], [], [], [], []
-        latent0 = None
-        for i, x in enumerate(views):
-            with torch.no_grad():
-                t_out = self.teacher({in_key: x}, ctx)  # teacher_latent (B, 1+N, D), teacher_cls_attn (B, N)
-                t_logits = self._teacher_head()(t_out["teacher_latent"])  # (B, 1+N, K)
-            ctx.teacher = t_out
-            mask: Mask = self.masker.inner(batch, noises[i], ctx)
-            latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1+N, D)
-            logits = self.head(latent)  # (B, 1+N, K)
-            s_cls.append(logits[:, 0]); s_patch.append(logits[:, 1:])
-            t_cls.append(t_logits[:, 0]); t_patch.append(t_logits[:, 1:])
-            hidden.append(mask.hidden); masks.append(mask)
-            if latent0 is None:
-                latent0 = latent
-        terms = self.ibot_loss(s_cls, s_patch, t_cls, t_patch, hidden, epoch)
-        out = Outputs(mask=masks[0], latent=latent0, losses=terms)
+        x_all = torch.cat(views)  # (V*B, C, H, W): the global crops, as one batch (official)
+        with torch.no_grad():
+            t_out = self.teacher({in_key: x_all}, ctx)  # teacher_latent (V*B, 1+N, D), teacher_cls_attn (V*B, N)
+            t_logits = self._teacher_head()(t_out["teacher_latent"])  # (V*B, 1+N, K)
+        ctx.teacher = t_out
+        if mask is not None:
+            hidden_all = torch.cat(list(mask)) if isinstance(mask, (list, tuple)) else mask
+            masks_all = self.masker.inner(batch, hidden_all.to(x_all.device).bool(), ctx)
+        else:
+            if noise is None:
+                noise = batch.get("mask_noise")
+            if noise is None:
+                g = ctx.generator or torch.Generator().manual_seed(torch.seed() % 2**63)
+                noise = torch.stack([self.masker.sample_noise(g) for _ in range(b)])
+            noises = self.masker.split(noise.to(x_all.device))[:nv]
+            # one call on all global crops: one ratio (and hint count) per batch, shared by the crops
+            masks_all = self.masker.inner(batch, torch.cat(noises), ctx)
+        hidden = list(masks_all.hidden.chunk(nv))
+        latent_all = self.encoder.encode(self.encoder.embed(x_all, masks_all), masks_all)  # (V*B, 1+N, D)
+        logits = self.head(latent_all)  # (V*B, 1+N, K)
+        s_cls, s_patch = list(logits[:, 0].chunk(nv)), list(logits[:, 1:].chunk(nv))
+        t_cls, t_patch = list(t_logits[:, 0].chunk(nv)), list(t_logits[:, 1:].chunk(nv))
+        s_local = []
+        local = batch.get(self.config.local_key)
+        if local is not None and local.numel():
+            xl = local.flatten(0, 1)  # (B*L, C, s, s), sample-major
+            cls_l = self.head(local_cls(self.encoder, xl))  # (B*L, K): never masked
+            s_local = list(cls_l.view(b, local.shape[1], -1).unbind(1))  # L x (B, K)
+        terms = self.ibot_loss(s_cls, s_patch, t_cls, t_patch, hidden, epoch, s_local)
+        masks = [_split_mask(masks_all, i, b) for i in range(nv)]
+        out = Outputs(mask=masks[0], latent=latent_all[:b], losses=terms)
         out.loss = terms["cls"] + terms["patch"]
         out.extra.update(ctx.teacher)
         out.extra["masks"] = masks
         return out
+
+    @property
+    def eval_encoder(self) -> nn.Module:
+        """The encoder evaluation reads: the teacher's (official k-NN / linear scripts load the
+        ``teacher`` weights)."""
+        return self.teacher.copies["encoder"]
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """Frozen teacher features: ``cls``/``mean`` as the core, or ``last4`` (DINO/iBOT linear
+        protocol, ``--n_last_blocks 4``): the final-normed [CLS] of the last 4 blocks, concatenated."""
+        enc = self.eval_encoder
+        if pool.startswith("last"):
+            return last_blocks_cls(enc, x, int(pool[4:] or 4))
+        return enc.pool(enc.forward_features(x), pool)
 
     def set_schedule(self, total_steps: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = max(1, steps_per_epoch)

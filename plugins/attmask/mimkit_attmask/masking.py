@@ -5,19 +5,21 @@ Vectorized over the batch (no Python loop over samples). The attention map is re
 ``ctx.teacher[attention_key]`` (B, N) — the core ``ema``/``frozen`` teachers put the last-layer
 head-averaged [CLS] attention there as ``teacher_cls_attn``.
 
-Randomness. ``sample_noise`` draws one sample's uniform noise of shape (N + 2,) in the loader
+Randomness. ``sample_noise`` draws one sample's uniform noise of shape (N + 3,) in the loader
 (seeded by (seed, epoch, index)):
   noise[0]   the masking-probability coin: the sample is masked iff noise[0] < masking_prob;
   noise[1]   the ratio draw: AttMask draws ONE ratio per batch, r = lo + (hi - lo) * noise[0, 1],
              i.e. from the first sample's own draw, so the ratio is a pure function of the
              batch's noise (reproducible, independent of the number of workers) and every
-             masked sample of the batch hides the same number of tokens;
-  noise[2:]  N values for the per-token choices: the uniform hint draw, and Gumbel noise
+             masked sample of the batch hides the same number of tokens; iBOT masks both
+             global crops in one call, so they share it (``main_attmask.py``);
+  noise[2]   the hint ratio draw r' (the official code calls ``get_pred_ratio()`` a second
+             time for the hint count int(hint_ratio * r' * N)), read from the first row too;
+  noise[3:]  N values for the per-token choices: the uniform hint draw, and Gumbel noise
              -log(-log u) for ``sampling: multinomial``.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import attrs
@@ -65,8 +67,9 @@ class AttentionGuidedMasker(Masker):
     """Hide tokens chosen by a teacher's attention (AttMask, ECCV 2022; MILAN; MRA).
 
     * ``mode: high`` hides the r*N most attended tokens, ``low`` the r*N least attended,
-      ``hint`` hides like ``high`` then reveals round(hint_ratio * r * N) tokens drawn
-      uniformly from the ``show_max`` fraction of most attended tokens.
+      ``hint`` hides like ``high`` then reveals int(hint_ratio * r' * N) tokens (r' a second,
+      independent ratio draw) chosen uniformly without replacement from the int(show_max * N)
+      most attended tokens (``attmask.py``: ``show_hints`` over ``get_mask(attn, 1, .., show_max)``).
     * ``keep: high`` (MRA, MILAN) instead picks the *visible* set: the N - r*N most attended
       tokens stay visible (``mode`` is then ignored).
     * ``sampling: multinomial`` replaces top-k by sampling without replacement with
@@ -109,29 +112,30 @@ class AttentionGuidedMasker(Masker):
     # -- randomness ---------------------------------------------------------------------------
 
     def sample_noise(self, generator: torch.Generator) -> torch.Tensor:
-        return torch.rand(self.num_tokens + 2, generator=generator)  # (N + 2,)
+        return torch.rand(self.num_tokens + 3, generator=generator)  # (N + 3,)
 
     def draw(self, batch_size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
         if generator is None:
             generator = torch.Generator().manual_seed(torch.seed() % 2**63)
-        return torch.rand(batch_size, self.num_tokens + 2, generator=generator).to(device)  # (B, N + 2)
+        return torch.rand(batch_size, self.num_tokens + 3, generator=generator).to(device)  # (B, N + 3)
 
-    def batch_ratio(self, noise: torch.Tensor) -> float:
-        """The batch's ratio: fixed, or lo + (hi - lo) * noise[0, 1] (one host read per batch)."""
+    def batch_ratio(self, noise: torch.Tensor, column: int = 1) -> float:
+        """The batch's ratio: fixed, or lo + (hi - lo) * noise[0, column] (one host read per
+        batch); column 2 is the independent draw for the hint count."""
         if self.config.ratio is not None:
             return self.config.ratio
         lo, hi = self.config.ratio_range
-        return lo + (hi - lo) * float(noise[0, 1])
+        return lo + (hi - lo) * float(noise[0, column])
 
     # -- masking ------------------------------------------------------------------------------
 
     def hidden_map(self, attn: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """(B, N) attention, (B, N + 2) noise -> (B, N) bool, True = hidden."""
+        """(B, N) attention, (B, N + 3) noise -> (B, N) bool, True = hidden."""
         c = self.config
         b, n = attn.shape
         r = self.batch_ratio(noise)
         n_hide = int(r * n)  # the r*N tokens (truncated, as the official int(N * r))
-        u = noise[:, 2:].clamp(1e-6, 1.0 - 1e-6)  # (B, N)
+        u = noise[:, 3:].clamp(1e-6, 1.0 - 1e-6)  # (B, N)
         attn = attn.float()
         log_a = attn.clamp_min(1e-12).log()
         if c.keep == "high" or c.mode in ("high", "hint"):
@@ -145,12 +149,12 @@ class AttentionGuidedMasker(Masker):
         else:
             hidden = topk_mask(score, n_hide)
             if c.mode == "hint":
-                n_hint = int(round(c.hint_ratio * r * n))
-                pool_size = min(max(1, int(math.ceil(c.show_max * n))), n_hide)
-                if n_hint > 0 and pool_size > 0:
-                    pool = topk_mask(attn, pool_size) & hidden  # top-attended hidden tokens
+                n_hint = int(c.hint_ratio * self.batch_ratio(noise, 2) * n)
+                pool_size = int(c.show_max * n)  # the official int(N * show_max) top tokens
+                n_hint = min(n_hint, pool_size)
+                if n_hint > 0:
+                    pool = topk_mask(attn, pool_size)  # the most attended tokens
                     pick = torch.where(pool, u, torch.full_like(u, 2.0))  # uniform order in the pool
-                    n_hint = min(n_hint, pool_size)
                     reveal = topk_mask(-pick, n_hint)  # (B, N): n_hint random pool members
                     hidden = hidden & ~reveal
         masked = noise[:, 0] < c.masking_prob  # (B,) which images get a mask at all
@@ -164,6 +168,8 @@ class AttentionGuidedMasker(Masker):
                 "(model.teacher: {name: ema} or {name: frozen, path: ...}) with attention: true"
             )
         attn = ctx.teacher[key]  # (B, N)
-        if noise.shape[1:] != (attn.shape[1] + 2,):
-            raise ValueError(f"attention_guided masker expects noise (B, {attn.shape[1] + 2}), got {tuple(noise.shape)}")
+        if noise.dtype == torch.bool:  # an explicit (B, N) map, True = hidden
+            return mask_from_hidden(noise.to(attn.device))
+        if noise.shape[1:] != (attn.shape[1] + 3,):
+            raise ValueError(f"attention_guided masker expects noise (B, {attn.shape[1] + 3}), got {tuple(noise.shape)}")
         return mask_from_hidden(self.hidden_map(attn, noise.to(attn.device)))

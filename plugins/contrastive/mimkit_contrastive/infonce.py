@@ -21,18 +21,39 @@ from torch import nn
 from mimkit.plugin_api import BuildEnv, Context, Loss, LossConfig, one_of, Outputs
 
 
-class MLP(nn.Module):
-    """Linear -> (BN|LN) -> ReLU ... -> Linear: the CMAE/MoCo projector and predictor (NonLinearNeck)."""
+class SyncBatchNorm1d(nn.SyncBatchNorm):
+    """BatchNorm1d whose statistics are synchronized across processes when more than one runs
+    on an accelerator (the official NonLinearNeck's SyncBN); a plain BatchNorm otherwise (one
+    process, or CPU processes where torch cannot sync). Same state-dict keys as BatchNorm1d."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, norm: str = "bn"):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            return nn.modules.batchnorm._BatchNorm.forward(self, x)
+        return super().forward(x)
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 3):
+            raise ValueError(f"expected 2D or 3D input (got {x.dim()}D input)")
+
+
+class MLP(nn.Module):
+    """Linear -> (BN|LN) -> ReLU ... -> Linear: the CMAE/MoCo projector and predictor (NonLinearNeck).
+
+    ``last_bias`` puts a bias on the last Linear (CMAE's NonLinearNeck: ``with_last_bias=False``);
+    ``bn_eps`` is the BatchNorm epsilon (CMAE: 1e-6); BN layers sync across GPU processes.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, norm: str = "bn",
+                 last_bias: bool = True, bn_eps: float = 1e-5):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (max(1, layers) - 1) + [out_dim]
         mods: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims, dims[1:])):
-            mods.append(nn.Linear(a, b))
-            if i < len(dims) - 2:
+            last = i == len(dims) - 2
+            mods.append(nn.Linear(a, b, bias=last_bias or not last))
+            if not last:
                 if norm == "bn":
-                    mods.append(nn.BatchNorm1d(b))
+                    mods.append(SyncBatchNorm1d(b, eps=bn_eps))
                 elif norm == "ln":
                     mods.append(nn.LayerNorm(b))
                 mods.append(nn.ReLU(inplace=True))
@@ -45,12 +66,15 @@ class MLP(nn.Module):
 
 @attrs.define(kw_only=True)
 class MLPConfig:
-    """A projector / predictor: ``hidden_dim``, ``out_dim``, ``layers`` linear layers, ``norm``."""
+    """A projector / predictor: ``hidden_dim``, ``out_dim``, ``layers`` linear layers, ``norm``,
+    a bias on the last layer or not, the BatchNorm epsilon."""
 
     hidden_dim: int = 2048
     out_dim: int = 256
     layers: int = 2
     norm: str = attrs.field(default="bn", validator=one_of("bn", "ln", "none"))
+    last_bias: bool = True
+    bn_eps: float = 1e-5
 
 
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:

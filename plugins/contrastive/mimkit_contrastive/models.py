@@ -70,15 +70,18 @@ class CMAE(MethodModel):
     @attrs.define(kw_only=True)
     class Config:
         encoder: dict[str, Any] = attrs.field(metadata={"component": "encoders"}, factory=lambda: {"name": "vit", "mode": "visible_only"})
-        masker: dict[str, Any] = attrs.field(metadata={"component": "maskers"}, factory=lambda: {"name": "random", "ratio": 0.65})
+        masker: dict[str, Any] = attrs.field(metadata={"component": "maskers"}, factory=lambda: {"name": "cmae_block", "ratio": 0.65, "block": 2})
         target: dict[str, Any] = attrs.field(metadata={"component": "targets"}, factory=lambda: {"name": "pixels", "norm": "patch"})
         decoder: dict[str, Any] = attrs.field(metadata={"component": "decoders"}, factory=lambda: {"name": "mae", "embed_dim": 512, "depth": 8, "num_heads": 16})
         feature_decoder: dict[str, Any] = attrs.field(metadata={"component": "decoders"}, factory=lambda: {"name": "mae", "embed_dim": 512, "depth": 2, "num_heads": 16})
-        projector: MLPConfig = attrs.field(factory=lambda: MLPConfig(hidden_dim=1536, out_dim=256, layers=2))
-        predictor: MLPConfig = attrs.field(factory=lambda: MLPConfig(hidden_dim=1536, out_dim=256, layers=2))
+        projector: MLPConfig = attrs.field(factory=lambda: MLPConfig(hidden_dim=1536, out_dim=256, layers=2,
+                                                                       last_bias=False, bn_eps=1e-6))
+        predictor: MLPConfig = attrs.field(factory=lambda: MLPConfig(hidden_dim=1536, out_dim=256, layers=2,
+                                                                       last_bias=False, bn_eps=1e-6))
         teacher: dict[str, Any] = attrs.field(metadata={"component": "teachers"}, factory=lambda: {
             "name": "ema", "copy": ["encoder", "projector"], "input_key": "image_target",
-            "momentum": 0.996, "momentum_end": 0.996, "schedule": "constant", "attention": False})
+            "momentum": 0.996, "momentum_end": 0.996, "schedule": "constant", "attention": False,
+            "final_norm": False})
         infonce: dict[str, Any] = attrs.field(metadata={"component": "losses", "default_name": "infonce"}, factory=lambda: {
             "temperature": 0.07, "symmetric": False, "scale_2tau": True, "gather": True})
         pix_weight: float = 1.0
@@ -106,8 +109,8 @@ class CMAE(MethodModel):
         self.masker = cls(cfg, env)
         d = self.encoder.embed_dim
         p, q = config.projector, config.predictor
-        self.projector = MLP(d, p.hidden_dim, p.out_dim, p.layers, p.norm)
-        self.predictor = MLP(p.out_dim, q.hidden_dim, q.out_dim, q.layers, q.norm)
+        self.projector = MLP(d, p.hidden_dim, p.out_dim, p.layers, p.norm, p.last_bias, p.bn_eps)
+        self.predictor = MLP(p.out_dim, q.hidden_dim, q.out_dim, q.layers, q.norm, q.last_bias, q.bn_eps)
         cls, cfg = component("losses", {"name": "infonce", **config.infonce}, "model.infonce", reg)
         self.nce = cls(cfg, BuildEnv(registry=reg))
         cls, cfg = component("teachers", config.teacher, "model.teacher", reg)
@@ -115,14 +118,37 @@ class CMAE(MethodModel):
         if "projector" not in self.teacher.paths:
             raise ConfigError("model.teacher.copy: CMAE's target branch needs [encoder, projector]")
 
-    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """The optimizer groups of the official config (``paramwise_cfg.custom_keys`` ``ln``,
+        ``bias``, ``pos_embed``, ``mask_token``, ``cls_token`` at decay 0, matched as substrings
+        of the mmcv names): every LayerNorm (mmcv names them ``ln1``/``ln2``, the decoders' final
+        norm included), biases and tokens are not decayed; BatchNorm weights of the projector and
+        predictor *are* (their names ``bn0`` match none of the keys)."""
+        no_decay_ids = {id(p) for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            leaf = name.rsplit(".", 1)[-1]
+            exempt = id(p) in no_decay_ids or leaf == "bias" or any(
+                t in leaf for t in ("pos_embed", "mask_token", "cls_token"))
+            (no_decay if exempt else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay, "apply_wd": True},
+                {"params": no_decay, "weight_decay": 0.0, "apply_wd": False}]
+
+    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> Outputs:
+        """One step; ``mask`` (B, N) bool (True = hidden) overrides the masker and ``noise``."""
         ctx = ctx if ctx is not None else Context()
         x = batch[self.config.input_key]  # (B, C, H, W) online view
         with torch.no_grad():
             ctx.teacher = self.teacher(batch, ctx)  # teacher_latent (B, 1+N, D) on image_target
             t = ctx.teacher["teacher_latent"]
             k = self.teacher.copies["projector"](pool_tokens(t, "mean", self.encoder.num_prefix_tokens))  # (B, 256)
-        mask = self.masker(batch, _noise(self, batch, ctx, noise, x.shape[0], x.device), ctx)
+        if mask is not None:
+            mask = Mask.from_hidden(mask.to(x.device))
+        else:
+            mask = self.masker(batch, _noise(self, batch, ctx, noise, x.shape[0], x.device), ctx)
         latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1+K, D)
         pred = self.decoder(latent, mask, ctx)  # (B, N, p*p*C)
         target = self.target(batch, mask, ctx)  # (B, N, p*p*C)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from mimkit.plugin_api import hookimpl, package_presets
 
 from .infonce import InfoNCE
+from .masking import BlockMasker
 from .models import CMAE, MACRL
 from .views import TwoViews
 
@@ -15,6 +16,11 @@ MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked a
 @hookimpl
 def mimkit_losses():
     return {"infonce": InfoNCE}
+
+
+@hookimpl
+def mimkit_maskers():
+    return {"cmae_block": BlockMasker}
 
 
 @hookimpl

@@ -43,5 +43,11 @@ class LinearDecoder(nn.Module):
                 "use an encoder mode that keeps all positions (vit mode: with_mask_token)"
             )
         if self.predict == "masked":
+            if bool((mask.hidden.sum(1) != mask.num_tokens - mask.num_keep).any()):
+                raise ValueError(
+                    "linear decoder with predict: masked needs the same hidden count in every sample; "
+                    "the block masker's counts vary (as the official generator's): use predict: all "
+                    "(the MaskFeat presets) or the masker's exact: true"
+                )
             tokens = gather_tokens(tokens, mask.ids_hidden)  # (B, N_hidden, D)
         return self.head(tokens)  # (B, N | N_hidden, D_target)

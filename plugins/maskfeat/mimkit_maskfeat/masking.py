@@ -1,10 +1,14 @@
-"""The ``block`` masker: BEiT-style blockwise masking (BEiT ``MaskingGenerator``), exact count.
+"""The ``block`` masker: BEiT-style blockwise masking (``MaskingGenerator`` of SlowFast's
+``datasets/transform.py``, as MaskFeat's ``imagenet.py`` builds it).
 
-BEiT places random rectangles (area in [min_num_patches, remaining], log-uniform aspect ratio
-in [min_aspect, 1 / min_aspect]) until the wanted count is reached or a placement fails ten
-times. Its count can fall short; here the mask is then topped up (or, defensively, trimmed)
-at random so that every sample hides exactly int(ratio * N) patches, which lets a
-visible-only encoder batch the kept tokens too.
+Random rectangles (area in [min_num_patches, remaining], log-uniform aspect ratio in
+[min_aspect, 1 / min_aspect]) are placed until round(ratio * N) patches are hidden or a
+placement fails ten times, with ``min_num_patches`` = num_mask // 5 (15 at 14x14 and 0.4).
+Like the official generator, the count can fall short (77.56 on average for 78 at 0.4): the
+samples of a batch then hide different counts. That is what a ``with_mask_token`` encoder
+(MaskFeat's) reads, and the loss averages over the hidden tokens pooled across the batch, as the
+official loss does. ``exact: true`` instead tops the mask up at random to exactly num_mask
+patches (needed by a visible-only encoder, which batches the kept tokens).
 
 The mask is drawn per sample in the data loader by ``sample_noise(generator)``, which
 returns the (N,) boolean map itself (True = hidden); ``forward`` only stacks it into a Mask.
@@ -37,7 +41,7 @@ def _randint(g: torch.Generator, low: int, high: int) -> int:
 def block_mask(
     height: int, width: int, num_hidden: int, generator: torch.Generator, min_num_patches: int = 16,
     max_num_patches: int | None = None, min_aspect: float = 0.3, max_aspect: float | None = None,
-    exact: bool = True,
+    exact: bool = False,
 ) -> torch.Tensor:
     """One (height, width) boolean block mask (True = hidden) with ``num_hidden`` patches.
 
@@ -83,10 +87,10 @@ def block_mask(
 
 
 class BlockMasker(Masker):
-    """Hide int(ratio * N) patches in BEiT-style rectangular blocks, the same count per sample.
+    """Hide up to round(ratio * N) patches in BEiT-style rectangular blocks (MaskFeat: 0.4).
 
-    ``min_num_patches`` defaults to BEiT's 16 at a 14x14 grid scaled to this grid's size
-    (16 * N / 196, at least 1); MaskFeat uses ratio 0.4.
+    ``min_num_patches`` defaults to num_mask // 5 (at least 1), as MaskFeat's loader; ``exact``
+    tops the count up to num_mask (the same count in every sample).
     """
 
     @attrs.define(kw_only=True)
@@ -96,6 +100,7 @@ class BlockMasker(Masker):
         max_num_patches: int | None = None
         min_aspect: float = 0.3
         max_aspect: float | None = None  # None: 1 / min_aspect
+        exact: bool = False  # top up to exactly num_mask patches per sample
 
     def __init__(self, config: "BlockMasker.Config", env: BuildEnv):
         super().__init__()
@@ -105,20 +110,40 @@ class BlockMasker(Masker):
             raise ConfigError("model.masker: the block masker supports image token grids only (t = 1)")
         self.height, self.width = h, w
         self.num_tokens = h * w
-        self.num_hidden = int(config.ratio * self.num_tokens)
+        self.num_hidden = int(round(config.ratio * self.num_tokens))  # imagenet.py: round(h * w * ratio)
         self.min_num_patches = (
-            config.min_num_patches if config.min_num_patches is not None
-            else max(1, round(16 * self.num_tokens / 196))
+            config.min_num_patches if config.min_num_patches is not None else max(1, self.num_hidden // 5)
         )
+        mode = getattr(getattr(env.encoder, "config", None), "mode", None)
+        if mode == "visible_only" and not config.exact:
+            raise ConfigError(
+                "model.masker.exact: block masks hide varying counts (as the official generator), which a "
+                "visible_only encoder cannot batch; set exact: true or use an encoder with mode: with_mask_token"
+            )
 
     def sample_noise(self, generator: torch.Generator) -> torch.Tensor:
         """One sample's mask, (N,) bool in token (row-major) order, True = hidden."""
         c = self.config
         mask = block_mask(self.height, self.width, self.num_hidden, generator, self.min_num_patches,
-                          c.max_num_patches, c.min_aspect, c.max_aspect)
+                          c.max_num_patches, c.min_aspect, c.max_aspect, exact=c.exact)
         return mask.view(-1)
 
     def forward(self, batch: dict, noise: torch.Tensor, ctx: Context | None = None) -> Mask:
         if noise.shape[1:] != (self.num_tokens,):
             raise ValueError(f"block masker expects masks (B, {self.num_tokens}), got {tuple(noise.shape)}")
-        return Mask.from_hidden(noise.bool())  # (B, N), True = hidden
+        return hidden_mask(noise.bool())  # (B, N), True = hidden
+
+
+def hidden_mask(hidden: torch.Tensor) -> Mask:
+    """A Mask for a (B, N) bool map whose rows may hide different counts.
+
+    Equal counts: ``Mask.from_hidden``. Unequal: ``hidden`` is exact (what a with_mask_token
+    encoder and the masked losses read); ``num_keep`` is the smallest kept count.
+    """
+    counts = hidden.sum(1)
+    if counts.numel() == 0 or bool((counts == counts[0]).all()):
+        return Mask.from_hidden(hidden)
+    ids_shuffle = torch.argsort(hidden.to(torch.int8), dim=1, stable=True)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    return Mask(hidden=hidden, ids_shuffle=ids_shuffle, ids_restore=ids_restore,
+                num_keep=hidden.shape[1] - int(counts.max()))

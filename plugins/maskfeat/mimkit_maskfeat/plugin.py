@@ -7,6 +7,7 @@ from mimkit.plugin_api import hookimpl, package_presets
 from .decoder import LinearDecoder
 from .hog import HOGTarget
 from .masking import BlockMasker
+from .vit import MaskFeatViTEncoder
 
 MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
 
@@ -20,6 +21,11 @@ def mimkit_targets():
 @hookimpl
 def mimkit_maskers():
     return {"block": BlockMasker}
+
+
+@hookimpl
+def mimkit_encoders():
+    return {"maskfeat_vit": MaskFeatViTEncoder}
 
 
 @hookimpl

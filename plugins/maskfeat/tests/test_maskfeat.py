@@ -128,7 +128,7 @@ def _components(mask: torch.Tensor) -> list[int]:
 
 
 def test_block_masks_exact_count_and_blocks() -> None:
-    model = mimkit.build({"method": "maskfeat_vit_base_patch16"})
+    model = mimkit.build({"method": "maskfeat_vit_base_patch16", "model": {"masker": {"exact": True}}})
     masker = model.masker
     g = torch.Generator().manual_seed(0)
     sizes = []
@@ -148,7 +148,7 @@ def test_block_masks_exact_count_and_blocks() -> None:
 def test_block_mask_small_grid_exact(num_hidden: int) -> None:
     g = torch.Generator().manual_seed(3)
     for _ in range(10):
-        m = block_mask(4, 4, num_hidden, g, min_num_patches=2)
+        m = block_mask(4, 4, num_hidden, g, min_num_patches=2, exact=True)
         assert int(m.sum()) == num_hidden
 
 
@@ -160,7 +160,8 @@ def test_linear_head_masked_and_visible_only_error() -> None:
     model = mimkit.build({"method": "maskfeat_tiny_fashion_mnist", "model": {"decoder": {"predict": "masked"}}})
     out = model({"image": torch.randn(3, 1, 32, 32)}, noise=model.masker.draw(3, torch.Generator().manual_seed(0), "cpu"))
     assert out.pred.shape == (3, 6, 36) and out.target.shape == (3, 6, 36) and out.pred_scope == "masked"
-    bad = mimkit.build({"method": "maskfeat_tiny_fashion_mnist", "model": {"encoder": {"mode": "visible_only"}}})
+    bad = mimkit.build({"method": "maskfeat_tiny_fashion_mnist",
+                        "model": {"encoder": {"mode": "visible_only"}, "masker": {"exact": True}}})
     with pytest.raises(ValueError, match="with_mask_token"):
         bad({"image": torch.randn(2, 1, 32, 32)})
 

@@ -8,6 +8,7 @@ from mimkit.plugin_api import hookimpl, package_presets
 from .decoder import LinearPixelShuffleDecoder
 from .frequency import FrequencyDistance, FrequencyMasker, FrequencyTarget
 from .resnet import ResNetEncoder
+from .vit import MFMViTEncoder
 
 MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
 
@@ -35,7 +36,7 @@ def mimkit_decoders():
 
 @hookimpl
 def mimkit_encoders():
-    return {"resnet": ResNetEncoder}
+    return {"resnet": ResNetEncoder, "mfm_vit": MFMViTEncoder}
 
 
 @hookimpl

@@ -5,6 +5,8 @@
       -> Linear(D, 4D) -> BatchNorm1d -> ReLU -> Linear(4D, classes)              (B, classes)
       -> cross-entropy(logits / temperature, label)                               temperature 10
 The term enters the total with weight 0.01 (``cls_loss_ratio``); MAE's reconstruction stays 1.
+The head's Linear layers are initialized as the rest of the official model (``_init_weights``
+applied to the whole module): xavier-uniform weights, zero biases; BatchNorm keeps its defaults.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.plugin_api import BuildEnv, Context, Loss, LossConfig, one_of, Outputs
+from mimkit.plugin_api import BuildEnv, Context, init_xavier_, Loss, LossConfig, one_of, Outputs
 
 
 class VisibleTokenClassification(Loss):
@@ -36,6 +38,7 @@ class VisibleTokenClassification(Loss):
         self.num_prefix = env.encoder.num_prefix_tokens
         self.head = nn.Sequential(nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
                                   nn.Linear(hidden, config.num_classes))
+        init_xavier_(self.head)  # official: self.apply(self._init_weights) covers cls_head
 
     def logits(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, P + N_keep, D) -> (B, classes), from visible tokens only."""

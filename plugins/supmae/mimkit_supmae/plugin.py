@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from mimkit.plugin_api import hookimpl, package_presets
 
+from .convert import import_official
 from .head import VisibleTokenClassification
 
 MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
@@ -16,3 +17,8 @@ def mimkit_losses():
 @hookimpl
 def mimkit_presets():
     return package_presets("mimkit_supmae")
+
+
+@hookimpl
+def mimkit_importers():
+    return {"supmae_official": import_official}

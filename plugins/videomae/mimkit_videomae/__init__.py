@@ -5,8 +5,9 @@ Components: masker ``tube``, encoder ``video_vit``, decoder ``videomae``, datase
 ``videomae_tiny_clips``. The target is the core ``pixels`` target with VideoMAE's per-cube,
 per-channel normalization.
 """
+from .convert import convert_official
 from .decoder import VideoMAEDecoder
 from .encoder import QVBiasAttention, VideoViTEncoder, sinusoid_table
 from .masking import TubeMasker
 
-__all__ = ["VideoMAEDecoder", "VideoViTEncoder", "QVBiasAttention", "sinusoid_table", "TubeMasker"]
+__all__ = ["convert_official", "VideoMAEDecoder", "VideoViTEncoder", "QVBiasAttention", "sinusoid_table", "TubeMasker"]

@@ -55,7 +55,10 @@ class VideoMAEDecoder(nn.Module):
         self.norm = nn.LayerNorm(d, eps=config.norm_eps)
         self.head = nn.Linear(d, out_dim)
         init_videomae_(self)
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        # the official PretrainVisionTransformer never applies _init_weights to itself, so
+        # encoder_to_decoder keeps nn.Linear's default init; its trunc_normal_ cuts at +-std
+        self.embed.reset_parameters()
+        nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
 
     def forward(self, latent: torch.Tensor, mask: Mask, ctx: Context | None = None) -> torch.Tensor:
         x = self.embed(latent)  # (B, N_keep, d)

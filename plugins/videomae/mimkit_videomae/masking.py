@@ -55,6 +55,10 @@ class TubeMasker(Masker):
         return rank >= self.per_frame - self.hidden_per_frame
 
     def forward(self, batch: dict, noise: torch.Tensor, ctx: Context | None = None) -> Mask:
+        if noise.dtype == torch.bool:  # an explicit (B, N) map, True = hidden (HF's bool_masked_pos)
+            if noise.shape[1:] != (self.num_tokens,):
+                raise ValueError(f"tube masker: an explicit mask must be (B, {self.num_tokens}), got {tuple(noise.shape)}")
+            return Mask.from_hidden(noise)
         if noise.ndim != 2 or noise.shape[1] != self.per_frame:
             raise ValueError(f"tube masker expects noise (B, {self.per_frame}), got {tuple(noise.shape)}")
         hidden = self.spatial_hidden(noise).repeat(1, self.frames)  # (B, t*h*w), token = ti*h*w + s

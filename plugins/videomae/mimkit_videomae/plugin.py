@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from mimkit.plugin_api import hookimpl, package_presets
 
+from .convert import import_official
 from .data import SkvideoClips, VideoFolder
 from .decoder import VideoMAEDecoder
 from .encoder import VideoViTEncoder
+from .hf import import_hf
 from .masking import TubeMasker
 from .moving import MovingFashionMNIST
 from .visualize import VideoPixelTarget, VideoReconstruction
@@ -48,3 +50,8 @@ def mimkit_targets():
 @hookimpl
 def mimkit_visualizers():
     return {"video_reconstruction": VideoReconstruction}
+
+
+@hookimpl
+def mimkit_importers():
+    return {"videomae_official": import_official, "videomae_hf": import_hf}

@@ -1,0 +1,66 @@
+"""The ``mfm_vit`` encoder: the core ``vit`` encoder with the BEiT initialization that
+Jiahao000/MFM's ``VisionTransformerForMFM`` inherits (``models/vision_transformer.py``).
+
+* Linear and Conv2d weights (the patch projection included), ``pos_embed`` and ``cls_token``:
+  truncated normal with std 0.02, **cut at +-0.02** (``VisionTransformerForMFM._trunc_normal_``
+  passes a=-std, b=std), biases 0; LayerNorms weight 1, bias 0.
+* ``fix_init_weight``: each block's ``attn.proj.weight`` and ``mlp.fc2.weight`` divided by
+  sqrt(2 * layer_id), layer_id counted from 1.
+
+The official attention has learned ``q_bias`` and ``v_bias`` and no key bias; timm's ``qkv.bias``
+also holds a key bias, which starts at 0 and stays there: q.(k + b_k) adds the same q.b_k to every
+logit of a query, so the softmax and every gradient through it ignore it (its gradient is 0).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mimkit.plugin_api import BuildEnv, ViTEncoder
+
+
+def _tn(t: torch.Tensor, std: float = 0.02) -> None:
+    nn.init.trunc_normal_(t, mean=0.0, std=std, a=-std, b=std)
+
+
+def beit_init_(encoder: ViTEncoder) -> None:
+    """Re-initialize a ``vit`` encoder as MFM's ViT does (see the module docstring)."""
+    vit = encoder.vit
+    if vit.pos_embed is not None and vit.pos_embed.requires_grad:
+        _tn(vit.pos_embed.data)
+    if vit.cls_token is not None:
+        _tn(vit.cls_token.data)
+    for m in vit.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            _tn(m.weight.data)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        for layer_id, blk in enumerate(vit.blocks, start=1):
+            blk.attn.proj.weight.div_(math.sqrt(2.0 * layer_id))
+            blk.mlp.fc2.weight.div_(math.sqrt(2.0 * layer_id))
+
+
+class MFMViTEncoder(ViTEncoder):
+    """``mfm_vit``: the ``vit`` encoder (same options and checkpoint keys), BEiT-initialized."""
+
+    def __init__(self, config: "ViTEncoder.Config", env: BuildEnv | None = None):
+        super().__init__(config, env)
+        beit_init_(self)
+
+
+def timm_cosine_lr(step: int, peak: float, warmup_steps: int, total_steps: int, warmup_lr: float, min_lr: float) -> float:
+    """timm's ``CosineLRScheduler(t_initial=total_steps, warmup_t=warmup_steps,
+    warmup_prefix=False, cycle_limit=1, t_in_epochs=False)`` as MFM's ``lr_scheduler.py`` builds
+    it: a linear warm-up from ``warmup_lr``, and a cosine whose phase counts the warm-up steps
+    too (cos(pi * step / total), not cos(pi * (step - warmup) / (total - warmup)))."""
+    if step < warmup_steps:
+        return warmup_lr + step * (peak - warmup_lr) / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * step / total_steps))

@@ -1,0 +1,57 @@
+"""Hugging Face VideoMAEForPreTraining folders in and out, on the same bool_masked_pos."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import mimkit
+from mimkit_videomae.hf import canonical, export_hf, load_hf
+
+transformers = pytest.importorskip("transformers")
+
+TINY = {"method": "videomae_tiny_clips",
+        "model": {"encoder": {"embed_dim": 64, "depth": 2, "num_heads": 2, "num_frames": 4},
+                  "decoder": {"embed_dim": 32, "depth": 1, "num_heads": 2}}}
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    video = torch.randn(2, 3, 4, 32, 32, generator=g)  # (B, C, T, H, W); 2 x 4 x 4 = 32 cubes
+    mask = torch.zeros(2, 32, dtype=torch.bool)
+    mask[0, :24], mask[1, 8:] = True, True
+    return video, mask
+
+
+def test_export_loads_offline_and_matches(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    model = mimkit.build(TINY).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    folder = export_hf(model, tmp_path / "hf")
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["layer_norm_eps"] == 1e-6 and cfg["use_mean_pooling"] is False and cfg["norm_pix_loss"] is True
+    hf = transformers.VideoMAEForPreTraining.from_pretrained(folder, local_files_only=True).eval()
+    video, mask = _inputs()
+    with torch.no_grad():
+        ours = model({"video": video}, noise=mask)
+        theirs = hf(pixel_values=video.transpose(1, 2), bool_masked_pos=mask)
+    # Hugging Face's decoder norm uses eps 1e-5 (official: 1e-6): a small, bounded drift
+    assert (theirs.logits - ours.pred).abs().max() < 1e-4
+    assert abs(float(theirs.loss) - float(ours.loss)) < 1e-5
+    back = load_hf(folder)  # with HF's decoder eps: the same numbers as transformers
+    for k, v in model.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    with torch.no_grad():
+        again = back({"video": video}, noise=mask)
+    assert (theirs.logits - again.pred).abs().max() < 1e-5
+    assert abs(float(theirs.loss) - float(again.loss)) < 1e-6
+
+
+def test_key_layouts() -> None:
+    assert canonical("videomae.encoder.layer.0.attention.attention.q_bias") == "videomae.layers.0.attention.q_proj.bias"
+    assert canonical("decoder.decoder_layers.1.attention.attention.value.bias") == "decoder.decoder_layers.1.attention.v_proj.bias"
+    assert canonical("videomae.encoder.layer.2.output.dense.weight") == "videomae.layers.2.mlp.fc2.weight"
