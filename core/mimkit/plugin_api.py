@@ -10,7 +10,7 @@ A plugin module declares the hook-API version it was written for as a literal::
 """
 from __future__ import annotations
 
-from .api import build_model, load  # protocols of plugins load run folders and build baselines
+from .api import build, load, load_state  # protocols and importers load runs, build models, load weights
 from .components import (
     BuildEnv, Dataset, Decoder, Encoder, EvalProtocol, Loss, LossConfig, Masker, Target, Teacher, Visualizer,
     init_xavier_,
@@ -38,7 +38,8 @@ from .model import MethodModel
 from .plugins import registry
 from .schema import FieldError, component, one_of
 from .types import Context, Mask, Outputs
-from .api import build as build_model, load_state  # noqa: E402 - for plugins' checkpoint importers/exporters
+
+build_model = build  # a recipe (file, mapping, Recipe) -> a freshly initialized model
 
 __all__ = [
     # hooks and versions
@@ -59,11 +60,10 @@ __all__ = [
     "SeededDataset", "FashionMNIST", "ImageFolder", "seed_for", "IMAGENET_MEAN", "IMAGENET_STD",
     "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_CLASSES",
     # loading models (protocols)
-    "load", "build_model",
+    "load", "build", "build_model", "load_state",
     # evaluation pieces for plugin protocols (layer sweeps, test-time training, MRA fine-tuning)
     "LinearProbe", "classifier_from_encoder", "cosine_lr", "eval_datasets", "head_subset", "load_source",
     "select_train", "topk_accuracy", "train_linear_probe",
     # errors
     "MimkitError", "ConfigError", "DataError", "CheckpointError", "PluginError",
-    "build_model", "load_state",
 ]
