@@ -327,6 +327,10 @@ def test_numbers_parse_as_users_write_them(tmp_path):
     assert resolve({}, ["optim.base_lr=1e-3"]).optim.base_lr == 1e-3  # the README's own example
     with pytest.raises(ConfigError, match="'name'"):
         resolve({}, ["name=1e3"])  # a float, not a folder name: refused by type, not silently converted
+    from mimkit.config import dump, yaml_load
+
+    named = resolve({"name": "1e3"})  # a string that looks like a number survives the recipe.yaml round trip
+    assert yaml_load(dump(named), "x")["name"] == "1e3" and resolve(yaml_load(dump(named), "x")) == named
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,3 +510,24 @@ def test_fuzzed_damaged_checkpoint_folders_load_or_fail_with_a_mimkit_error(tmp_
         ck.load_json(d / "state.json")
     except MimkitError:
         pass
+
+
+def test_img_size_zero_is_a_config_error_before_the_run_folder_changes(tmp_path, capsys):
+    f = write(tmp_path / "r.yaml", tiny_recipe(tmp_path, "z", max_steps=1))
+    rc, err = cli(capsys, "train", f, "--set", "data.img_size=0")
+    assert rc == 2 and "img_size" in err and ">= 1" in err
+    assert not (tmp_path / "z").exists()
+
+
+def test_flat_images_beside_class_folders_are_ignored_with_a_warning(tmp_path):
+    from PIL import Image
+
+    from mimkit.api import build_dataset
+
+    root = tmp_path / "imgs"
+    (root / "cat").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(root / "cat" / "a.png")
+    Image.new("L", (8, 8)).save(root / "loose.png")
+    with pytest.warns(UserWarning, match=r"1 files beside the class subfolders are ignored \(e.g. loose.png\)"):
+        ds = build_dataset(resolve({"data": {"name": "image_folder", "root": str(root), "img_size": 8, "channels": 1}}))
+    assert [p.name for p, _ in ds.samples] == ["a.png"]

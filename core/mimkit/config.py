@@ -44,6 +44,13 @@ Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002
                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
+
+class Dumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` quoting what :class:`Loader` would read as a float (a name ``1e3``)."""
+
+
+Dumper.yaml_implicit_resolvers = Loader.yaml_implicit_resolvers
+
 MAX_NODES = 200_000  # scalars + containers of a recipe once aliases are expanded
 
 
@@ -284,4 +291,4 @@ def validate(recipe: Recipe, registry: Registry) -> None:
 
 def dump(recipe: Recipe) -> str:
     """The resolved recipe as YAML (saved into every run folder)."""
-    return yaml.safe_dump(unstructure(recipe), sort_keys=False)
+    return yaml.dump(unstructure(recipe), Dumper=Dumper, sort_keys=False)

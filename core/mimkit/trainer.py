@@ -441,7 +441,7 @@ class _Run:
             raise CheckpointError(f"{last / 'state.json'}: {', '.join(bad)} missing or not a count "
                                   f"(got {counters}); the file is damaged")
         p = self.plan
-        if counters["micro"] > p.micro_per_epoch or counters["micro"] % self.tc.grad_accum:
+        if counters["micro"] >= p.micro_per_epoch or counters["micro"] % self.tc.grad_accum:
             raise CheckpointError(
                 f"{last}: its position (micro-batch {counters['micro']} of epoch {counters['epoch']}) does not fit "
                 f"this run's data plan ({p.micro_per_epoch} micro-batches of {p.global_batch} per epoch, accumulation "
