@@ -15,11 +15,14 @@ from .types import Context, Mask, Outputs
 __version__ = "0.1.0"
 
 
-def train(recipe: Any, overrides: list[str] | None = None, resume: bool = False, overwrite: bool = False):
-    """Pretrain a recipe (path, mapping or Recipe) under Accelerate; returns the run folder."""
+def train(recipe: Any, overrides: list[str] | None = None, resume: bool = False, overwrite: bool = False,
+          allow_optim_change: bool = False):
+    """Pretrain a recipe (path, mapping or Recipe) under Accelerate; returns the run folder.
+    ``allow_optim_change`` lets a resumed run change ``optim.*`` (recorded in history.jsonl)."""
     from .trainer import train as _train
 
-    return _train(recipe, overrides=overrides, resume=resume, overwrite=overwrite)
+    return _train(recipe, overrides=overrides, resume=resume, overwrite=overwrite,
+                  allow_optim_change=allow_optim_change)
 
 
 __all__ = [

@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import yaml
 
 from . import checkpoint as ckpt
 from .components import BuildEnv
-from .config import Recipe, component, dump, resolve
-from .errors import CheckpointError
+from .config import Recipe, component, dump, resolve, yaml_load
+from .errors import CheckpointError, MimkitError
 from .plugins import registry as get_registry
 
 
@@ -78,6 +77,14 @@ def _checkpoint_dir(path: Path) -> Path | None:
     return None
 
 
+def _recipe_of(text: str, where: str, overrides: list[str] | None) -> Recipe:
+    """The recipe stored with a checkpoint or an export; damage is a CheckpointError naming it."""
+    raw = yaml_load(text, where)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where}: not a recipe mapping; the file is damaged")
+    return resolve(raw, overrides)
+
+
 def load(path: str | os.PathLike, overrides: list[str] | None = None) -> torch.nn.Module:
     """A model ready for feature extraction (eval mode) from a run folder (its newest complete
     checkpoint), a checkpoint folder, a mimkit ``.safetensors`` export, or an official file
@@ -89,7 +96,10 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> torch.n
         d = _checkpoint_dir(p)
         if d is None:
             raise CheckpointError(f"{p} holds no complete checkpoint (looked for model.safetensors or checkpoints/step_*/COMPLETE)")
-        recipe = resolve(yaml.safe_load((d / "recipe.yaml").read_text()), overrides)
+        if not (d / "recipe.yaml").is_file():
+            raise CheckpointError(f"{d} lacks recipe.yaml: the checkpoint is incomplete (copy the run's recipe.yaml "
+                                  "into it to rebuild the model)")
+        recipe = _recipe_of((d / "recipe.yaml").read_text(errors="replace"), str(d / "recipe.yaml"), overrides)
         model = build_model(recipe)
         load_state(model, ckpt.load_tensors(d / "model.safetensors"), str(d / "model.safetensors"))
         model.recipe = recipe
@@ -97,11 +107,14 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> torch.n
     if p.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(p), "pt") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(str(p), "pt") as f:
+                meta = f.metadata() or {}
+        except Exception as exc:  # truncated, garbage, a header that lies
+            raise CheckpointError(f"cannot read {p}: not a complete safetensors file ({ckpt._first_line(exc)})") from None
         if "mimkit_recipe" not in meta:
             raise CheckpointError(f"{p} carries no mimkit recipe in its metadata; for a timm export use timm.create_model")
-        recipe = resolve(yaml.safe_load(meta["mimkit_recipe"]), overrides)
+        recipe = _recipe_of(meta["mimkit_recipe"], f"{p} (metadata mimkit_recipe)", overrides)
         model = build_model(recipe)
         state = ckpt.load_tensors(p)
         if meta.get("mimkit_content", "full") == "encoder":  # a timm export: keys lack "encoder.vit."
@@ -116,7 +129,13 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> torch.n
     state = ckpt.load_torch(p)
     reg = get_registry()
     for name, importer in reg.components["importers"].items():
-        found = importer(state)
+        try:
+            found = importer(state)
+        except MimkitError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{p}: importer {name!r} recognized the file but it is incomplete or damaged "
+                                  f"({type(exc).__name__}: {ckpt._first_line(exc)})") from None
         if found is None:
             continue
         recipe_map, converted, strict = found if len(found) == 3 else (*found, True)

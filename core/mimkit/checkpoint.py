@@ -81,18 +81,29 @@ def write(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    for name, obj in files.items():
-        target = tmp / name
-        if name.endswith(".safetensors"):
-            save_file(obj, str(target))
-        elif name.endswith(".pt"):
-            torch.save(obj, target)
-        elif name.endswith(".json"):
-            target.write_text(json.dumps(obj, indent=1, sort_keys=True))
-        else:
-            target.write_text(obj)
-    (tmp / COMPLETE).write_text("ok\n")
-    _fsync_tree(tmp)
+    name = COMPLETE
+    try:
+        for name, obj in files.items():
+            target = tmp / name
+            if name.endswith(".safetensors"):
+                save_file(obj, str(target))
+            elif name.endswith(".pt"):
+                torch.save(obj, target)
+            elif name.endswith(".json"):
+                target.write_text(json.dumps(obj, indent=1, sort_keys=True))
+            else:
+                target.write_text(obj)
+        name = COMPLETE
+        (tmp / COMPLETE).write_text("ok\n")
+        _fsync_tree(tmp)
+    except BaseException as exc:  # disk full, quota, I/O error, Ctrl-C: no partial folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception) and not isinstance(exc, OSError):
+            # torch.save reports ENOSPC as RuntimeError("[enforce fail at inline_container.cc ...]"),
+            # safetensors as SafetensorError: one OSError for the caller, naming the file
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OSError(f"writing {name} failed: {detail}") from None
+        raise
     if final.exists():  # a re-save of the same step (e.g. final == periodic)
         shutil.rmtree(final)
     os.replace(tmp, final)  # the single commit point
@@ -102,24 +113,37 @@ def write(
 
 
 def prune(ckpt_dir: Path, keep_last: int) -> None:
-    """Remove all but the newest ``keep_last`` complete checkpoints, and stale temp folders."""
+    """Remove all but the newest ``keep_last`` complete checkpoints (the newest is never
+    removed, whatever ``keep_last`` says), and stale temp folders."""
     found = complete_checkpoints(ckpt_dir)
-    for _, p in found[: max(0, len(found) - keep_last)]:
+    for _, p in found[: max(0, len(found) - max(1, keep_last))]:
         shutil.rmtree(p, ignore_errors=True)
     for p in ckpt_dir.glob(".tmp-step_*"):
         if not p.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise CheckpointError(f"missing file {path}")
     try:
         return load_file(str(path))
     except Exception as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
+        raise CheckpointError(f"cannot read {path}: not a complete safetensors file ({_first_line(exc)})") from None
 
 
 def load_torch(path: Path) -> Any:
     """``torch.load(weights_only=True)``: a pickle that would run code is refused, not run."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing file {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read {path}: the file is empty (truncated)")
     try:
         # official MAE files carry their argparse Namespace: a plain attribute bag, safe to allow
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -127,15 +151,20 @@ def load_torch(path: Path) -> Any:
     except Exception as exc:  # UnpicklingError and friends
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain tensor file loadable with weights_only=True "
-            f"(it may contain code). Details: {str(exc).splitlines()[0]}"
+            f"(it may contain code, or be damaged). Details: {_first_line(exc)}"
         ) from None
 
 
 def load_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"missing file {path}") from None
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
+        raise CheckpointError(f"cannot read {path}: {_first_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"cannot read {path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def check_compatible(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True) -> None:

@@ -7,6 +7,16 @@ import sys
 from .errors import MimkitError
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         from .api import dry_run
@@ -17,7 +27,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     from .trainer import train
 
-    run_dir = train(args.recipe, overrides=args.set, resume=args.resume, overwrite=args.overwrite)
+    run_dir = train(args.recipe, overrides=args.set, resume=args.resume, overwrite=args.overwrite,
+                    allow_optim_change=args.allow_optim_change)
     print(f"run folder: {run_dir}")
     return 0
 
@@ -122,9 +133,7 @@ def _run_protocol(command: str, name: str, argv: list[str]) -> int:
     import json
     from pathlib import Path
 
-    import yaml
-
-    from .config import structure
+    from .config import structure, yaml_load
     from .plugins import registry
 
     cls = registry().get("protocols", name, where=f"mim {command}")
@@ -133,15 +142,18 @@ def _run_protocol(command: str, name: str, argv: list[str]) -> int:
     for key, text in vars(args).items():
         if key in ("sources", "out") or text is None:
             continue
-        values[key] = text if isinstance(text, bool) else yaml.safe_load(text)
+        values[key] = text if isinstance(text, bool) else yaml_load(text, f"--{key.replace('_', '-')}")
     config = structure(cls.Config, values, f"{command} {name}")
     protocol = cls(config)
     record = protocol(list(args.sources))
     src = Path(args.sources[0])
     file_name = protocol.record_name() if hasattr(protocol, "record_name") else f"{name}.json"
     out = Path(args.out) if args.out else (src / "eval" if (src / "checkpoints").is_dir() else Path("eval")) / file_name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    except OSError as exc:
+        raise MimkitError(f"cannot write the result {out}: {exc}") from None
     print(record.get("summary") or json.dumps(record, indent=1, default=str))
     print(f"(written to {out})")
     return 0
@@ -162,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, value parsed as YAML (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing run folder first")
+    p.add_argument("--overwrite", action="store_true",
+                   help="empty an existing run folder first (only one holding a mimkit run's meta.json/recipe.yaml)")
+    p.add_argument("--allow-optim-change", action="store_true",
+                   help="with --resume: let optim.* (lr, schedule, ...) differ from the checkpoint's recipe")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved, validated recipe and the parameter count; touch nothing")
     p.set_defaults(fn=_cmd_train)
@@ -172,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("visualize", help="original | masked | reconstruction grid as PNG")
     p.add_argument("checkpoint", help="run folder, checkpoint folder or file")
     p.add_argument("--out", default="reconstructions.png")
-    p.add_argument("--num", type=int, default=8)
+    p.add_argument("--num", type=_positive_int, default=8, help="images in the grid (>= 1)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_cmd_visualize)
     for command, what in (("eval", "evaluate an encoder (k-NN, linear probe, fine-tuning, plugins' protocols)"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,8 +22,86 @@ from .errors import ConfigError
 from .plugins import Registry
 from .plugins import registry as get_registry
 from .schema import (  # noqa: F401  (re-exported: the schema toolkit used to live here)
-    FieldError, component, converter, one_of, structure, unstructure, validate_component,
+    FieldError, component, converter, in_range, one_of, positive, short, structure, unstructure,
+    validate_component,
 )
+
+# ---------------------------------------------------------------------------------------------
+# YAML as users write it: `1e-3`, `1e30`, `1.0e+39` are floats (PyYAML's YAML 1.1 rule wants a
+# dot and a signed exponent and reads them as strings)
+
+
+class Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2's float rule."""
+
+
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                  for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+class Dumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` quoting what :class:`Loader` would read as a float (a name ``1e3``)."""
+
+
+Dumper.yaml_implicit_resolvers = Loader.yaml_implicit_resolvers
+
+MAX_NODES = 200_000  # scalars + containers of a recipe once aliases are expanded
+
+
+def expanded_size(data: Any, limit: int = MAX_NODES) -> int:
+    """How many nodes ``data`` holds with YAML aliases expanded, counted without expanding
+    (shared containers are sized once); stops counting past ``limit``."""
+    sizes: dict[int, int] = {}
+
+    def size(x: Any, depth: int) -> int:
+        if depth > 100:
+            raise ConfigError("recipe nested more than 100 levels deep")
+        if isinstance(x, (dict, list, tuple)):
+            if id(x) in sizes:
+                return sizes[id(x)]
+            items = list(x.items()) if isinstance(x, dict) else [(None, v) for v in x]
+            total = 1
+            for k, v in items:
+                total += (1 if k is not None else 0) + size(v, depth + 1)
+                if total > limit:
+                    break
+            sizes[id(x)] = total
+            return total
+        return 1
+
+    return size(data, 0)
+
+
+def check_size(data: Any, where: str) -> None:
+    """Refuse data whose alias-expanded size passes :data:`MAX_NODES` (a YAML alias bomb)
+    before anything converts, copies or prints it whole."""
+    if expanded_size(data) > MAX_NODES:
+        raise ConfigError(f"{where}: more than {MAX_NODES:,} values once YAML aliases are expanded "
+                          "(an alias bomb?); a recipe is far smaller")
+
+
+def yaml_load(text: str, where: str) -> Any:
+    """Safe YAML (Python tags refused) with YAML 1.2 floats, size-checked."""
+    try:
+        data = yaml.load(text, Loader=Loader)  # noqa: S506  (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid safe YAML ({exc.__class__.__name__}: {short(str(exc))})") from None
+    check_size(data, where)
+    return data
+
+
+def _plain_name(_inst: Any, attribute: attrs.Attribute, value: str) -> None:
+    """A run name is one folder under output_dir: no separators, not `.`/`..`, not empty."""
+    if (not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value
+            or os.sep in value or (os.altsep and os.altsep in value) or value.strip() != value):
+        raise FieldError(attribute.name, "must be a plain folder name (no '/' or '\\', not '.' or '..', "
+                                         f"not empty, no surrounding spaces), got {short(value)}")
 
 # ---------------------------------------------------------------------------------------------
 # The recipe
@@ -33,18 +112,18 @@ class OptimConfig:
     """Optimizer and schedule, covering the papers' recipes."""
 
     name: str = attrs.field(default="adamw", validator=one_of("adamw", "sgd"))
-    base_lr: float = 1.5e-4  # per ref_batch samples
-    lr: float | None = None  # absolute lr; overrides base_lr scaling when set
-    ref_batch: int = 256  # lr = base_lr * effective batch / ref_batch (MFM uses 512)
+    base_lr: float = attrs.field(default=1.5e-4, validator=in_range(0))  # per ref_batch samples
+    lr: float | None = attrs.field(default=None, validator=in_range(0))  # absolute lr; overrides base_lr scaling
+    ref_batch: int = attrs.field(default=256, validator=positive)  # lr = base_lr * effective batch / ref_batch (MFM uses 512)
     betas: tuple[float, float] = (0.9, 0.95)
     momentum: float = 0.9  # SGD
     weight_decay: float = 0.05
     weight_decay_end: float | None = None  # cosine weight-decay schedule (AttMask/iBOT)
     decay_tokens: bool = True  # the official MAE code decays cls/mask tokens (3-D params)
-    warmup_epochs: float = 40.0
-    warmup_start_lr: float = 0.0
-    min_lr: float = 0.0
-    clip_grad: float | None = None
+    warmup_epochs: float = attrs.field(default=40.0, validator=in_range(0))
+    warmup_start_lr: float = attrs.field(default=0.0, validator=in_range(0))
+    min_lr: float = attrs.field(default=0.0, validator=in_range(0))
+    clip_grad: float | None = attrs.field(default=None, validator=in_range(0, low_open=True))
     layer_decay: float | None = None  # layer-wise lr decay (fine-tuning)
     impl: str = attrs.field(default="auto", validator=one_of("auto", "fused", "foreach", "forloop"))  # auto = fused
 
@@ -53,35 +132,35 @@ class OptimConfig:
 class TrainConfig:
     """The loop: length, batch, precision, logging and checkpoint cadence, failure policies."""
 
-    epochs: float = 1.0
-    max_steps: int | None = None  # optimizer steps; stops early when set
-    batch_size: int = 64  # per process
-    grad_accum: int = 1
+    epochs: float = attrs.field(default=1.0, validator=in_range(0, low_open=True))
+    max_steps: int | None = attrs.field(default=None, validator=positive)  # optimizer steps; stops early when set
+    batch_size: int = attrs.field(default=64, validator=positive)  # per process
+    grad_accum: int = attrs.field(default=1, validator=positive)
     # YAML 1.1 reads a bare `no` as false: accept it as "no"
     mixed_precision: str | bool = attrs.field(default="no", converter=lambda v: "no" if v is False else v,
                                               validator=one_of("no", "bf16", "fp16", "auto"))  # auto: bf16 where native
-    num_workers: int = 0
-    log_every: int = 10
-    ckpt_every: int = 500  # optimizer steps
-    keep_last: int = 2
+    num_workers: int = attrs.field(default=0, validator=in_range(0))
+    log_every: int = attrs.field(default=10, validator=positive)
+    ckpt_every: int = attrs.field(default=500, validator=positive)  # optimizer steps
+    keep_last: int = attrs.field(default=2, validator=in_range(1, why=" (the newest checkpoint is always kept)"))
     nonfinite: str = attrs.field(default="stop", validator=one_of("stop", "skip"))
     compile: bool = False
     grad_checkpointing: bool = False
     deterministic: bool = True
     visualize: bool = True
     progress: bool = True
-    knn_every: int | None = None  # online k-NN probe every N steps (main process, held-out subset)
-    knn_train: int = 2000  # bank: the first N un-augmented training items
-    knn_test: int = 1000  # queries: the first N items of eval_data
+    knn_every: int | None = attrs.field(default=None, validator=positive)  # online k-NN probe every N steps
+    knn_train: int = attrs.field(default=2000, validator=positive)  # bank: the first N un-augmented training items
+    knn_test: int = attrs.field(default=1000, validator=positive)  # queries: the first N items of eval_data
 
 
 @attrs.define(kw_only=True)
 class Recipe:
     """A whole run. ``data`` and ``model`` are component mappings validated at build time."""
 
-    name: str = "run"
+    name: str = attrs.field(default="run", validator=_plain_name)  # the run folder: output_dir/name
     method: str | None = None
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=in_range(0, 2**32 - 1))
     output_dir: str = "runs"
     data: dict[str, Any] = attrs.field(factory=lambda: {"name": "fashion_mnist"})
     eval_data: dict[str, Any] | None = None
@@ -115,9 +194,10 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"recipe file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not a valid safe YAML recipe ({exc.__class__.__name__}: {exc})") from None
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read recipe file {p}: {exc}") from None
+    data = yaml_load(text, f"{p}: recipe")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -131,7 +211,8 @@ def package_presets(package: str, folder: str = "recipes") -> dict[str, dict[str
     from importlib import resources
 
     files = sorted(resources.files(package).joinpath(folder).iterdir(), key=lambda f: f.name)
-    return {f.name[: -len(".yaml")]: yaml.safe_load(f.read_text()) for f in files if f.name.endswith(".yaml")}
+    return {f.name[: -len(".yaml")]: yaml_load(f.read_text(), f"{package}/{folder}/{f.name}")
+            for f in files if f.name.endswith(".yaml")}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
@@ -141,10 +222,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. model.masker.ratio=0.9), got {item!r}")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: cannot parse {text!r} ({exc})") from None
+        value = yaml_load(text, f"--set {key}")
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -185,6 +263,7 @@ def resolve(
     if isinstance(recipe, Recipe):
         raw = unstructure(recipe)
     elif isinstance(recipe, Mapping):
+        check_size(recipe, "recipe")  # before deepcopy/convert expand an alias bomb
         raw = copy.deepcopy(dict(recipe))
     elif not Path(recipe).exists() and str(recipe) in registry.components["presets"]:
         raw = {"method": str(recipe)}  # `mim train PRESET_NAME`
@@ -195,6 +274,7 @@ def resolve(
         raw = load_yaml(recipe)
     raw = apply_overrides(raw, overrides)
     raw = resolve_presets(raw, registry)
+    check_size(raw, "recipe")
     recipe_obj = structure(Recipe, raw, "")
     validate(recipe_obj, registry)
     return recipe_obj
@@ -211,4 +291,4 @@ def validate(recipe: Recipe, registry: Registry) -> None:
 
 def dump(recipe: Recipe) -> str:
     """The resolved recipe as YAML (saved into every run folder)."""
-    return yaml.safe_dump(unstructure(recipe), sort_keys=False)
+    return yaml.dump(unstructure(recipe), Dumper=Dumper, sort_keys=False)

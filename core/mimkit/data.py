@@ -15,6 +15,8 @@ import torch
 from torch.utils.data import Dataset, default_collate
 from torchvision.transforms import v2
 
+from .errors import ConfigError
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,6 +36,9 @@ def seed_for(*parts: int) -> int:
 
 def _augment(img_size: int, scale: tuple[float, float], flip: bool, mean: tuple, std: tuple, train: bool) -> v2.Compose:
     """MAE's pretraining augmentation: RandomResizedCrop (bicubic) + flip + normalize."""
+    if not (isinstance(img_size, int) and img_size >= 1):
+        raise ConfigError(f"invalid value {img_size!r} for the dataset's 'img_size' (data.img_size): "
+                          "must be an integer >= 1 (pixels per side)")
     ops: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if train:
         ops.append(v2.RandomResizedCrop(img_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True))

@@ -65,7 +65,12 @@ def export(
     out = Path(out)
     if out.suffix != ".safetensors":
         raise MimkitError(f"{out}: an export is a .safetensors file")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise MimkitError(f"{out} is a folder: --out names the .safetensors file to write")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MimkitError(f"cannot create the folder of {out}: {exc}") from None
     meta = {"mimkit_recipe": dump(recipe), "mimkit_content": "encoder" if format == "timm" else "full",
             "format": "pt"}
     info: dict[str, Any] = {"path": str(out), "format": format}
@@ -76,7 +81,13 @@ def export(
     else:
         state = ckpt.state_dict_for_save(model)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, out)  # never a half-written export under the final name
+    try:
+        save_file(state, str(tmp), metadata=meta)
+        os.replace(tmp, out)  # never a half-written export under the final name
+    except BaseException as exc:  # disk full, a folder in the way: no temporary file stays behind
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, Exception):
+            raise MimkitError(f"cannot write {out}: {ckpt._first_line(exc)}") from None
+        raise
     info["num_tensors"] = len(state)
     return info

@@ -16,6 +16,8 @@ whole tree is validated before anything is built::
 """
 from __future__ import annotations
 
+import math
+import reprlib
 import types
 import typing
 from typing import Any, Mapping
@@ -27,6 +29,19 @@ import cattrs.v
 from .errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
+# Bounded reprs: an error message never prints a huge (or alias-expanded) value whole
+
+_repr = reprlib.Repr()
+_repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict, _repr.maxtuple, _repr.maxlevel = 80, 80, 6, 6, 6, 3
+
+
+def short(value: Any) -> str:
+    """``repr(value)`` cut to about 200 characters (nested containers elided with ``...``)."""
+    text = _repr.repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
 # A strict converter: no silent int(1.5) or bool("false").
 
 converter = cattrs.Converter(forbid_extra_keys=True)
@@ -35,7 +50,7 @@ converter = cattrs.Converter(forbid_extra_keys=True)
 def _strict(kind: type, accept: tuple[type, ...], reject: tuple[type, ...] = ()):
     def hook(value: Any, _type: Any) -> Any:
         if isinstance(value, reject) or not isinstance(value, accept):
-            raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+            raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {short(value)}")
         return kind(value)
 
     return hook
@@ -68,7 +83,7 @@ def _structure_union(value: Any, t: Any) -> Any:
         except Exception as exc:  # try the next member
             errors.append(str(exc))
     names = " or ".join(getattr(m, "__name__", str(m)) for m in members if m is not type(None))
-    raise ValueError(f"expected {names}, got {type(value).__name__} {value!r}")
+    raise ValueError(f"expected {names}, got {type(value).__name__} {short(value)}")
 
 
 converter.register_structure_hook_func(_is_union, _structure_union)
@@ -93,7 +108,7 @@ def structure(cls: type, data: Any, path: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or 'recipe'}: expected a mapping, got {type(data).__name__} {data!r}")
+        raise ConfigError(f"{path or 'recipe'}: expected a mapping, got {type(data).__name__} {short(data)}")
     _check_keys(cls, data, path)
     try:
         return converter.structure(dict(data), cls)
@@ -108,7 +123,7 @@ def structure(cls: type, data: Any, path: str) -> Any:
         value: Any = data
         for k in keys:
             value = value.get(k, "?") if isinstance(value, Mapping) else "?"
-        raise ConfigError(f"invalid value {value!r} for {_join(path, '.'.join(keys))!r}: {msg}") from None
+        raise ConfigError(f"invalid value {short(value)} for {_join(path, '.'.join(keys))!r}: {msg}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid value at {path or 'recipe'!r}: {exc}") from None
 
@@ -150,10 +165,37 @@ def one_of(*choices: str):
 
     def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         if value not in choices:
-            raise FieldError(attribute.name, f"must be one of {list(choices)}, got {value!r}")
+            raise FieldError(attribute.name, f"must be one of {list(choices)}, got {short(value)}")
 
     check.choices = choices  # type: ignore[attr-defined]  # read by the CLI for --help
     return check
+
+
+def in_range(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+             high_open: bool = False, why: str = ""):
+    """An attrs validator for a number in [low, high] (ends open when asked; ``None`` passes:
+    an optional field's default), finite; the error names the allowed range."""
+
+    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None:
+            return
+        bad = isinstance(value, float) and not math.isfinite(value)
+        if low is not None:
+            bad = bad or (value <= low if low_open else value < low)
+        if high is not None:
+            bad = bad or (value >= high if high_open else value > high)
+        if bad:
+            lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
+            hi = "" if high is None else (f"< {high}" if high_open else f"<= {high}")
+            allowed = " and ".join(x for x in (lo, hi) if x) or "finite"
+            raise FieldError(attribute.name, f"must be {allowed}{why}, got {short(value)}")
+
+    return check
+
+
+def positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """An integer >= 1 (``None`` passes: an optional field's default)."""
+    in_range(1)(_inst, attribute, value)
 
 
 def component(kind: str, spec: Any, path: str, registry: Any, default: str | None = None) -> tuple[type, Any]:
@@ -163,7 +205,7 @@ def component(kind: str, spec: Any, path: str, registry: Any, default: str | Non
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, Mapping):
-        raise ConfigError(f"{path}: expected a mapping with a 'name', got {spec!r}")
+        raise ConfigError(f"{path}: expected a mapping with a 'name', got {short(spec)}")
     name = spec.get("name", default)
     if name is None:
         names = ", ".join(registry.names(kind))
@@ -185,7 +227,7 @@ def sub_specs(cls: type, config: Any, path: str) -> list[tuple[str, Any, str, st
         where = _join(path, a.name)
         if many:
             if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}: expected a mapping of named {many} specs, got {value!r}")
+                raise ConfigError(f"{where}: expected a mapping of named {many} specs, got {short(value)}")
             out += [(many, spec, _join(where, str(k)), a.metadata.get("default_name")) for k, spec in value.items()]
         else:
             out.append((kind, value, where, a.metadata.get("default_name")))

@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .api import build_dataset, build_model, load_state
-from .config import OptimConfig, Recipe, TrainConfig, dump, resolve
+from .config import OptimConfig, Recipe, TrainConfig, dump, resolve, yaml_load
 from .data import SeededDataset, collate, epoch_batches, seed_for
-from .errors import MimkitError
+from .errors import CheckpointError, ConfigError, DataError, MimkitError
 from .evaluation.knn import knn_predict
 from .plugins import registry as get_registry
 from .schedules import lr_at, wd_at  # noqa: F401  (lr_at: re-exported)
@@ -120,6 +120,75 @@ def run_metadata(recipe: Recipe, accelerator: Accelerator) -> dict[str, Any]:
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _write(path: Path, text: str, mode: str = "w") -> None:
+    """Write (or append) a text file of the run folder; a full disk is a one-line error."""
+    try:
+        with open(path, mode) as f:
+            f.write(text)
+    except OSError as exc:
+        raise MimkitError(f"cannot write {path}: {exc}") from None
+
+
+RUN_MARKERS = ("meta.json", "recipe.yaml")  # what makes a folder recognizably a mimkit run
+LOCK = ".mimkit.lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder: ``<run>/.mimkit.lock`` holds the owner's PID and host
+    and an ``flock`` on it, which the kernel releases on any exit (SIGKILL included), so a
+    lock file left by a dead process is stale and simply taken over."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+        import socket
+
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise MimkitError(f"cannot create the run lock {self.path}: {exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                try:
+                    holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                finally:
+                    os.close(fd)
+                raise MimkitError(f"{self.path.parent} is in use by {holder}: one run folder takes one writer. "
+                                  "Wait for it to finish, stop it, or pick another train name") from None
+            try:  # the file may have been unlinked by the previous holder between open and flock
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)  # drops the flock
+        self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -235,21 +304,112 @@ def _build(recipe: Recipe) -> tuple[torch.nn.Module, Any]:
     return model, build_dataset(recipe)
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to train over checkpoints unless resuming or overwriting; delete on overwrite."""
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Before anything changes on disk: refuse to train over checkpoints unless resuming or
+    overwriting, and let ``--overwrite`` remove only a folder that is recognizably a mimkit run."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: --resume continues the run, "
+                          "--overwrite deletes it; pass one")
+    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        if overwrite:
+            raise MimkitError(f"--overwrite refuses to remove {run_dir}: it is not a run folder (a file or a link)")
+        return  # _check_writable names the problem
     ckpt_dir = run_dir / "checkpoints"
-    if ckpt_dir.exists() and ckpt.complete_checkpoints(ckpt_dir) and not (resume or overwrite):
+    if ckpt.complete_checkpoints(ckpt_dir) and not (resume or overwrite):
         raise MimkitError(f"{run_dir} already holds checkpoints: pass --resume to continue or --overwrite to start over")
-    if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if overwrite and run_dir.is_dir():
+        entries = [p.name for p in run_dir.iterdir() if p.name != LOCK]
+        if entries and not any((run_dir / m).is_file() for m in RUN_MARKERS):
+            shown = ", ".join(sorted(entries)[:5]) + (" ..." if len(entries) > 5 else "")
+            raise MimkitError(f"--overwrite refuses to remove {run_dir}: it holds no {' or '.join(RUN_MARKERS)}, "
+                              f"so it is not a mimkit run folder (it holds: {shown}). Pick another name or "
+                              "remove it yourself")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, lock: "RunLock | None" = None) -> None:
+    """Check the folder (see :func:`check_run_dir`), take the lock, clear it on overwrite."""
+    check_run_dir(run_dir, resume, overwrite)
     _check_writable(run_dir)
+    if lock is not None:
+        lock.acquire()
+    if overwrite:
+        for p in run_dir.iterdir():
+            if p.name == LOCK:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+
+IGNORED_ON_RESUME = ("name", "output_dir", "method")  # where the run lives, not what it computes
+MUTABLE_ON_RESUME = ("train.max_steps", "train.epochs", "train.log_every", "train.ckpt_every", "train.keep_last",
+                     "train.progress", "train.visualize", "train.knn_every", "train.knn_train", "train.knn_test",
+                     "train.num_workers", "train.nonfinite", "train.compile", "train.grad_checkpointing", "eval_data")
+FLAGGED_ON_RESUME = ("optim",)  # changeable only with allow_optim_change (`--allow-optim-change`)
+
+
+def _flatten(x: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(x, dict) and x:
+        out: dict[str, Any] = {}
+        for k, v in x.items():
+            out |= _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return {prefix: x}
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def recipe_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old, new)} between two resolved recipes, ignoring name/output_dir/method."""
+    a, b = _flatten(old), _flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k) and not _under(k, IGNORED_ON_RESUME)}
+
+
+def check_recipe_change(ckpt_path: Path, recipe: Recipe, allow_optim_change: bool) -> dict[str, tuple[Any, Any]]:
+    """The changes of ``recipe`` against the checkpoint's; refuses those that cannot change mid-run."""
+    f = ckpt_path / "recipe.yaml"
+    try:
+        old = yaml_load(f.read_text(), str(f))
+    except OSError as exc:
+        raise CheckpointError(f"{ckpt_path}: cannot read its recipe.yaml ({exc.strerror or exc}); the checkpoint is damaged") from None
+    if not isinstance(old, dict):
+        raise CheckpointError(f"{f}: not a recipe mapping; the checkpoint is damaged")
+    changes = recipe_changes(old, yaml_load(dump(recipe), "recipe"))
+    fixed = {k: v for k, v in changes.items() if not _under(k, MUTABLE_ON_RESUME)
+             and not (allow_optim_change and _under(k, FLAGGED_ON_RESUME))}
+    if fixed:
+        listed = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in list(fixed.items())[:8])
+        more = f" (and {len(fixed) - 8} more)" if len(fixed) > 8 else ""
+        hint = (" optim.* may change with --allow-optim-change." if any(_under(k, FLAGGED_ON_RESUME) for k in fixed)
+                else "")
+        raise ConfigError(f"--resume: the recipe differs from the checkpoint's ({ckpt_path}) in keys that cannot "
+                          f"change mid-run: {listed}{more}. Keys that may: {', '.join(MUTABLE_ON_RESUME)}.{hint}")
+    return changes
+
+
+def _rows_upto(metrics: Path, step: int) -> list[str]:
+    """The lines of ``metrics.jsonl`` up to ``step`` (a torn or unparseable line is dropped)."""
+    keep = []
+    for line in metrics.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            keep.append(line)
+    return keep
 
 
 class _Run:
     """One training run's live objects and its named steps."""
 
     def __init__(self, recipe: Recipe, accelerator: Accelerator, model: torch.nn.Module, plan: Plan,
-                 run_dir: Path):
+                 run_dir: Path, allow_optim_change: bool = False):
+        self.allow_optim_change, self.changes = allow_optim_change, {}
         self.recipe, self.accelerator, self.plan, self.run_dir = recipe, accelerator, plan, run_dir
         self.tc, self.oc = recipe.train, recipe.optim
         self.ckpt_dir, self.metrics_file = run_dir / "checkpoints", run_dir / "metrics.jsonl"
@@ -275,29 +435,60 @@ class _Run:
         saved = ckpt.load_json(last / "state.json")
         if saved.get("format") != ckpt.FORMAT_VERSION:
             raise MimkitError(f"{last}: checkpoint format {saved.get('format')} is not {ckpt.FORMAT_VERSION}")
+        counters = {k: saved.get(k) for k in ("step", "epoch", "micro")}
+        bad = [k for k, v in counters.items() if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0)]
+        if bad:
+            raise CheckpointError(f"{last / 'state.json'}: {', '.join(bad)} missing or not a count "
+                                  f"(got {counters}); the file is damaged")
+        p = self.plan
+        if counters["micro"] >= p.micro_per_epoch or counters["micro"] % self.tc.grad_accum:
+            raise CheckpointError(
+                f"{last}: its position (micro-batch {counters['micro']} of epoch {counters['epoch']}) does not fit "
+                f"this run's data plan ({p.micro_per_epoch} micro-batches of {p.global_batch} per epoch, accumulation "
+                f"{self.tc.grad_accum}): the batch size, dataset or number of processes changed")
+        self.changes = check_recipe_change(last, self.recipe, self.allow_optim_change)
         load_state(self.core, ckpt.load_tensors(last / "model.safetensors"), str(last / "model.safetensors"))
         self.optimizer.optimizer.load_state_dict(ckpt.load_torch(last / "optimizer.pt"))
         rng_file = last / f"rng_rank{self.rank}.safetensors"
         if rng_file.is_file():
             ckpt.set_rng_state(ckpt.load_tensors(rng_file))
         s = self.state
-        s.step, s.epoch, s.micro = saved["step"], saved["epoch"], saved["micro"]
+        s.step, s.epoch, s.micro = counters["step"], counters["epoch"], counters["micro"]
         self.accelerator.print(f"resumed from {last} (step {s.step}, epoch {s.epoch})")
-        if (last / "recipe.yaml").read_text() != dump(self.recipe):
-            self.accelerator.print("warning: the recipe differs from the one the checkpoint was trained with")
+        if self.changes:
+            self.accelerator.print("recipe changed on resume: " + "; ".join(
+                f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in self.changes.items()) + " (recorded in history.jsonl)")
 
     def write_metadata(self) -> None:
         if self.main:
-            p = self.plan
-            (self.run_dir / "recipe.yaml").write_text(dump(self.recipe))
+            p, s = self.plan, self.state
+            if s.step == 0:  # a fresh start: a clean log, not rows of an earlier attempt
+                for f in (self.metrics_file, self.run_dir / "result.json", self.run_dir / "history.jsonl"):
+                    f.unlink(missing_ok=True)
+            elif self.metrics_file.is_file():  # drop rows past the checkpoint we resume from
+                _write(self.metrics_file, "".join(line + "\n" for line in _rows_upto(self.metrics_file, s.step)))
+            recipe_file = self.run_dir / "recipe.yaml"
+            if s.step == 0 or not recipe_file.is_file():  # the original recipe is never overwritten
+                _write(recipe_file, dump(self.recipe))
+            if self.changes:
+                _write(self.run_dir / "history.jsonl", json.dumps(
+                    {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": s.step, "command": sys.argv,
+                     "changes": {k: list(v) for k, v in self.changes.items()}}, default=str) + "\n", "a")
             meta = run_metadata(self.recipe, self.accelerator) | {
                 "total_steps": p.total_steps, "peak_lr": p.peak_lr, "effective_batch": p.effective_batch,
                 "steps_per_epoch": p.steps_per_epoch}
-            (self.run_dir / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+            _write(self.run_dir / "meta.json", json.dumps(meta, indent=1, default=str))
         self.accelerator.init_trackers("tensorboard")
 
     def save(self, reason: str) -> Path | None:
-        """An atomic checkpoint of everything needed to continue bitwise-identically."""
+        """An atomic checkpoint of everything needed to continue bitwise-identically; never of
+        non-finite parameters, so the newest checkpoint is always a good one."""
+        bad = [n for n, t in self.core.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise NonFiniteLoss(
+                f"non-finite parameters at step {self.state.step} ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+                f"no checkpoint written over them, the last good one is kept: {ckpt.latest(self.ckpt_dir)}. "
+                "Lower the lr, enable optim.clip_grad / bf16")
         rngs = gather_object([ckpt.rng_state()["torch_cpu"]])
         s, path = self.state, None
         if self.main:
@@ -347,7 +538,11 @@ class _Run:
         """Forward, backward and (at the accumulation boundary) the optimizer step of one
         micro-batch; returns whether an optimizer step ended."""
         acc, s = self.accelerator, self.state
-        s.bad_files += len(batch.pop("_skipped", []))
+        skipped = batch.pop("_skipped", [])
+        s.bad_files += len(skipped)
+        if not batch:  # bad_data: skip dropped every item of this batch
+            raise DataError(f"every file of a training batch was unreadable ({len(skipped)} files, e.g. "
+                            f"{skipped[0] if skipped else '?'}); bad_data: skip cannot train on nothing: check the data")
         batch = {k: (v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         ctx.step, ctx.epoch = s.step, s.epoch
         with acc.accumulate(self.model):
@@ -388,8 +583,8 @@ class _Run:
         if not all(math.isfinite(v) for v in terms.values()):
             named = ", ".join(f"{k}={v}" for k, v in terms.items())
             raise NonFiniteLoss(
-                f"non-finite loss at step {self.state.step} ({named}); the last good checkpoint in {self.ckpt_dir} "
-                "is kept. Lower the lr, enable train.clip_grad / bf16, or set train.nonfinite=skip"
+                f"non-finite loss at step {self.state.step} ({named}); the last good checkpoint is kept: "
+                f"{ckpt.latest(self.ckpt_dir)}. Lower the lr, enable optim.clip_grad / bf16, or set train.nonfinite=skip"
             )
 
     def log_window(self, bar: tqdm) -> None:
@@ -404,8 +599,7 @@ class _Run:
         if s.skipped:
             row["skipped_steps"] = s.skipped
         if self.main:
-            with open(self.metrics_file, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            _write(self.metrics_file, json.dumps(row) + "\n", "a")
             bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{rate:.0f}", lr=f"{s.lr:.2e}")
         self.accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=s.step)
         s.sums, s.count, s.t_log, s.seen_log = {}, 0, time.perf_counter(), 0
@@ -413,8 +607,7 @@ class _Run:
     def probe_knn(self, probe: "_OnlineKNN | None") -> None:
         if probe is not None:
             top1 = probe(self.core)
-            with open(self.metrics_file, "a") as f:
-                f.write(json.dumps({"step": self.state.step, "knn_top1": top1}) + "\n")
+            _write(self.metrics_file, json.dumps({"step": self.state.step, "knn_top1": top1}) + "\n", "a")
             self.accelerator.log({"knn_top1": top1}, step=self.state.step)
         self.accelerator.wait_for_everyone()
 
@@ -441,7 +634,7 @@ class _Run:
             return
         result = {"status": s.status, "step": s.step, "epoch": s.epoch, "skipped_steps": s.skipped,
                   "bad_files": s.bad_files}
-        (self.run_dir / "result.json").write_text(json.dumps(result, indent=1))
+        _write(self.run_dir / "result.json", json.dumps(result, indent=1))
         if s.status == "preempted":
             print(f"stopped by signal at step {s.step}; checkpoint saved. Continue with --resume", file=sys.stderr)
         if self.tc.visualize and s.status == "finished":
@@ -453,21 +646,38 @@ def train(
     overrides: list[str] | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    allow_optim_change: bool = False,
 ) -> Path:
-    """Pretrain the recipe's model; returns the run folder (``output_dir/name``)."""
+    """Pretrain the recipe's model; returns the run folder (``output_dir/name``).
+
+    ``resume`` continues from the newest complete checkpoint (the recipe may differ only in
+    :data:`MUTABLE_ON_RESUME` keys, and in ``optim.*`` with ``allow_optim_change``; changes
+    are recorded in ``history.jsonl``); ``overwrite`` first empties a folder that is a mimkit
+    run. The run folder is locked against a second writer for the whole run."""
     recipe = resolve(recipe, overrides)  # fully validated: nothing on disk changes on a typo
     tc = recipe.train
     run_dir = Path(recipe.output_dir) / recipe.name
+    check_run_dir(run_dir, resume, overwrite)
     accelerator = _accelerator(recipe, run_dir)
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     model, dataset = _build(recipe)  # before the run folder changes: a bad data path leaves it intact
-    if accelerator.is_main_process:
-        prepare_run_dir(run_dir, resume, overwrite)
-    accelerator.wait_for_everyone()
-    seeded = SeededDataset(dataset, recipe.seed, getattr(getattr(model, "masker", None), "sample_noise", None))
     plan = Plan.make(len(dataset), tc, recipe.optim, accelerator.num_processes)
-    run = _Run(recipe, accelerator, model, plan, run_dir)
+    lock = RunLock(run_dir)
+    try:
+        if accelerator.is_main_process:
+            prepare_run_dir(run_dir, resume, overwrite, lock)
+        accelerator.wait_for_everyone()
+        return _train(recipe, accelerator, model, dataset, plan, run_dir, resume, allow_optim_change)
+    finally:
+        lock.release()
+
+
+def _train(recipe: Recipe, accelerator: Accelerator, model: torch.nn.Module, dataset: Any, plan: Plan,
+           run_dir: Path, resume: bool, allow_optim_change: bool) -> Path:
+    tc = recipe.train
+    seeded = SeededDataset(dataset, recipe.seed, getattr(getattr(model, "masker", None), "sample_noise", None))
+    run = _Run(recipe, accelerator, model, plan, run_dir, allow_optim_change)
     if resume:
         run.restore()
     if not resume or run.state.step == 0:
@@ -483,7 +693,9 @@ def train(
     run.set_schedule()
     with _Stop() as stop:
         while s.step < plan.total_steps and s.status == "finished":
+            batches = 0
             for batch in run.loader(seeded):
+                batches += 1
                 if not run.train_step(batch, ctx):
                     continue
                 bar.update(1)
@@ -502,6 +714,9 @@ def train(
                     s.status = "preempted"
                 if last_step or s.status != "finished":
                     break
+            if batches == 0:  # never spin on an empty epoch (signals would not be seen)
+                raise MimkitError(f"epoch {s.epoch} has no batches left at micro-batch {s.micro} of "
+                                  f"{plan.micro_per_epoch}: the data plan does not fit the run's position")
     bar.close()
     run.finish()
     return run_dir

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,16 @@ def visualizer_name(model: Any) -> str | None:
 
 def loss_curve(metrics_file: str | Path, path: str | Path, title: str = "") -> Path | None:
     """Plot every logged loss term of ``metrics.jsonl`` against the step."""
-    all_rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
-    rows = [r for r in all_rows if "loss" in r]
+    all_rows = []
+    for i, line in enumerate(Path(metrics_file).read_text(errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:  # a line torn by a kill mid-write
+            print(f"{metrics_file}:{i}: skipped an unreadable line (torn write?)", file=sys.stderr)
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
+            all_rows.append(row)
+    rows = [r for r in all_rows if isinstance(r.get("loss"), (int, float))]
     knn = [(r["step"], r["knn_top1"]) for r in all_rows if "knn_top1" in r]
     if not rows:
         return None

@@ -4,6 +4,7 @@ evaluation splits (``eval_split``)."""
 from __future__ import annotations
 
 import gzip
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,10 @@ class ImageFolder(Dataset):
         if subdirs:
             self.classes = [d.name for d in subdirs]
             self.samples = [(p, k) for k, d in enumerate(subdirs) for p in sorted(d.rglob("*")) if p.is_file()]
+            loose = [p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+            if loose:  # the class layout wins; say so rather than drop files silently
+                warnings.warn(f"{root}: {len(loose)} files beside the class subfolders are ignored (e.g. {loose[0]}); "
+                              "move them into a class folder, or point data.root at a flat folder", stacklevel=2)
         else:
             self.classes = []
             self.samples = [(p, -1) for p in sorted(root.iterdir()) if p.is_file()]

@@ -7,13 +7,16 @@ import attrs
 import torch
 
 from ..geometry import num_keep_for
+from ..schema import FieldError
 from ..types import Context, Mask
 from . import BuildEnv, Masker
 
 
-def _ratio(_inst: Any, _attr: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"ratio must be in [0, 1), got {value}")
+def _ratio(_inst: Any, attr: attrs.Attribute, value: float) -> None:
+    # 0 hides nothing: a masked model would reconstruct no token and train on a zero loss
+    if not 0.0 < value < 1.0:
+        raise FieldError(attr.name, f"must be in (0, 1) (the fraction of tokens hidden; 0 hides nothing "
+                                    f"and the loss would be 0), got {value}")
 
 
 class RandomMasker(Masker):

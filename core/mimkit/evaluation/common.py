@@ -24,7 +24,7 @@ from ..config import Recipe, resolve
 from ..data import collate
 from ..errors import CheckpointError, ConfigError, MimkitError
 from ..plugins import registry as get_registry
-from ..schema import component, one_of
+from ..schema import component, in_range, one_of, positive
 
 
 @attrs.define(kw_only=True)
@@ -33,10 +33,10 @@ class CommonConfig:
 
     init: str = attrs.field(default="pretrained", validator=one_of("pretrained", "random"))  # random: the baseline
     seed: int = 0  # training / random-init seed
-    labels_fraction: float | None = None  # a class-balanced fraction of the labels
+    labels_fraction: float | None = attrs.field(default=None, validator=in_range(0, 1, low_open=True))  # class-balanced
     split_seed: int = 0  # seed of the labels-fraction split
-    limit_train: int | None = None  # only the first N training items
-    limit_test: int | None = None  # only the first N test items
+    limit_train: int | None = attrs.field(default=None, validator=positive)  # only the first N training items
+    limit_test: int | None = attrs.field(default=None, validator=positive)  # only the first N test items
     val_root: str | None = None  # the test folder, for a data source without a labelled test split
 
 

@@ -11,7 +11,7 @@ import attrs
 import torch
 from torch import nn
 
-from ..schema import one_of
+from ..schema import in_range, one_of, positive
 from .common import CommonConfig, common_kwargs, common_record, features_for, finish, record_name, topk_accuracy
 
 
@@ -79,10 +79,10 @@ class KNN:
 
     @attrs.define(kw_only=True)
     class Config(CommonConfig):
-        k: int = 20
-        temperature: float = 0.07
+        k: int = attrs.field(default=20, validator=positive)
+        temperature: float = attrs.field(default=0.07, validator=in_range(0, low_open=True))
         pool: str = attrs.field(default="cls", validator=one_of("cls", "mean"))  # [CLS] or mean of tokens
-        batch_size: int = 256
+        batch_size: int = attrs.field(default=256, validator=positive)
 
     def __init__(self, config: "KNN.Config"):
         self.config = config
