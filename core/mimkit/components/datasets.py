@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from ..data import (
     DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN,
-    IMAGENET_STD, _augment,
+    IMAGE_SUFFIXES, IMAGENET_STD, _augment,
 )
 from ..errors import DataError
 from ..schema import one_of
@@ -38,8 +38,8 @@ class FashionMNIST(Dataset):
     class Config:
         root: str | None = None
         split: str = attrs.field(default="train", validator=one_of("train", "test"))
-        img_size: int = 32
-        channels: int = attrs.field(default=1, validator=attrs.validators.in_((1, 3)))
+        img_size: int = attrs.field(default=32, metadata={"geometry": "img_size"})
+        channels: int = attrs.field(default=1, validator=attrs.validators.in_((1, 3)), metadata={"geometry": "channels"})
         augment: bool = True
         crop_scale: tuple[float, float] = (0.2, 1.0)
         flip: bool = True
@@ -74,6 +74,9 @@ class FashionMNIST(Dataset):
             if c.is_dir() and any(c.glob("*-images-idx3-ubyte*")):
                 return c
         hint = "install it with `apt-get install dataset-fashion-mnist` (the set-up script does)"
+        if root and Path(root).is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in Path(root).rglob("*")):
+            hint = ("that folder holds image files: train on them with data.name=image_folder "
+                    "(e.g. --set data.name=image_folder --set data.root=... --set data.img_size=32)")
         raise DataError(f"Fashion-MNIST not found in {', '.join(map(str, candidates))}; {hint}")
 
     @staticmethod
@@ -102,8 +105,9 @@ class ImageFolder(Dataset):
     @attrs.define(kw_only=True)
     class Config:
         root: str
-        img_size: int = 224
-        channels: int = attrs.field(default=3, validator=attrs.validators.in_((1, 3)))
+        img_size: int = attrs.field(default=224, metadata={"geometry": "img_size"})  # every image is resized to it
+        # every image is converted to RGB (3) or grayscale (1), whatever its own mode
+        channels: int = attrs.field(default=3, validator=attrs.validators.in_((1, 3)), metadata={"geometry": "channels"})
         augment: bool = True
         crop_scale: tuple[float, float] = (0.2, 1.0)
         flip: bool = True
@@ -142,12 +146,32 @@ class ImageFolder(Dataset):
             raise DataError(f"no files in image folder {root}")
         mean = config.mean or (IMAGENET_MEAN if config.channels == 3 else (0.5,))
         std = config.std or (IMAGENET_STD if config.channels == 3 else (0.5,))
+        for key, v in (("mean", mean), ("std", std)):
+            if len(v) != config.channels:
+                raise DataError(f"data.{key}={list(v)} has {len(v)} values but data.channels={config.channels}")
         self.mean, self.std = tuple(mean), tuple(std)
+        if train is None:  # the training set (not its evaluation copies)
+            self._note_small_images()
         train = config.augment if train is None else train
         self.transform = _augment(config.img_size, config.crop_scale, config.flip, self.mean, self.std, train)
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def _note_small_images(self, probe: int = 16) -> None:
+        """One line when the images are much smaller than ``img_size`` (they are upscaled): the
+        usual sign of a tiny-image folder under a 224 preset. Reads only a few file headers."""
+        sizes = []
+        for path, _ in self.samples[:probe]:
+            try:
+                with Image.open(path) as im:
+                    sizes.append(min(im.size))
+            except Exception:  # unreadable files are reported (or skipped) when loaded
+                continue
+        if sizes and max(sizes) * 2 <= self.config.img_size:
+            print(f"note: the images in {self.config.root} are about {max(sizes)} px but data.img_size is "
+                  f"{self.config.img_size}: they are upscaled. For a smaller, faster model set data.img_size "
+                  f"(the model follows it)", flush=True)
 
     def load(self, path: Path) -> Image.Image:
         """Decode one file to RGB or L; every failure names the file."""
