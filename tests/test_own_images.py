@@ -145,3 +145,22 @@ def test_a_failure_after_the_last_checkpoint_never_fails_the_run(tmp_path, monke
 
     assert latest(run / "checkpoints").name.endswith("1")  # the final checkpoint is complete
     assert "boom in the pictures" in capsys.readouterr().err
+
+
+def test_class_folders_alone_hold_out_a_stable_labelled_split(tmp_path, capsys):
+    from mimkit.api import build_dataset, held_out_dataset
+
+    for k, cls in enumerate(("a", "b")):
+        _images(tmp_path / "set" / cls, 10, "RGB", seed=k)
+    recipe = resolve({"method": "mae_tiny_fashion_mnist", "data": {"name": "image_folder", "root": str(tmp_path / "set"),
+                                                                    "img_size": 16}})
+    train, test = build_dataset(recipe), held_out_dataset(recipe)
+    assert (len(train), len(test)) == (18, 2) and sorted(k for _, k in test.samples) == [0, 1]
+    assert not {p for p, _ in train.samples} & {p for p, _ in test.samples}
+    assert "2 of the 20 images" in capsys.readouterr().out
+    moved = tmp_path / "moved"
+    (tmp_path / "set").rename(moved)  # the choice depends on the names, not on where the folder is
+    again = held_out_dataset(resolve(recipe, [f"data.root={moved}"]))
+    assert {p.relative_to(moved) for p, _ in again.samples} == {p.relative_to(tmp_path / "set") for p, _ in test.samples}
+    flat = resolve({"method": "mae_tiny_fashion_mnist", "data": {"name": "image_folder", "root": str(moved / "a")}})
+    assert held_out_dataset(flat) is None and len(build_dataset(flat)) == 10  # unlabelled: all of it trains

@@ -98,6 +98,23 @@ class FashionMNIST(Dataset):
         return {"image": self.transform(img), "label": int(self.labels[i])}
 
 
+def _held_out(samples: list[tuple[Path, int]], root: Path, fraction: float) -> set[int]:
+    """Indices of the held-out files: in every class of at least 2 files, the
+    ``max(1, round(fraction * n))`` whose SHA-1 of the path relative to ``root`` is smallest:
+    a function of the file names only (the same wherever the folder lives)."""
+    import hashlib
+
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for i, (p, k) in enumerate(samples):
+        digest = hashlib.sha1(str(p.relative_to(root)).encode()).hexdigest()
+        by_class.setdefault(k, []).append((digest, i))
+    out: set[int] = set()
+    for items in by_class.values():
+        if len(items) >= 2:
+            out.update(i for _, i in sorted(items)[: max(1, round(fraction * len(items)))])
+    return out
+
+
 class ImageFolder(Dataset):
     """Images in ``root``: class subfolders (torchvision ImageFolder layout, labels from the
     folder names) or a flat folder of unlabeled images (the common case for pretraining)."""
@@ -115,19 +132,44 @@ class ImageFolder(Dataset):
         std: tuple[float, ...] | None = None
         bad_data: str = attrs.field(default="error", validator=one_of("error", "skip"))
         max_pixels: int = 1 << 28  # refuse decompression bombs beyond this
+        # Fraction of each class kept out of training as the labelled held-out split (pictures,
+        # online k-NN, `mim eval`). None: 0.1 for class folders without a val/test folder beside
+        # `root`, else 0. The choice is a function of the file names.
+        held_out: float | None = attrs.field(default=None, validator=attrs.validators.optional(
+            [attrs.validators.ge(0.0), attrs.validators.lt(1.0)]))
+        subset: str = attrs.field(default="train", validator=one_of("train", "held_out"))  # which part, when held out
 
     @classmethod
     def eval_split(cls, config: "ImageFolder.Config", split: str) -> "ImageFolder.Config | None":
         """Labelled evaluation splits: a ``root`` named ``train`` is the train split and its
         sibling ``val`` (or ``test``) folder, when present, the test split (ImageNet layout)."""
-        root = Path(config.root)
         if split == "train":
-            return config
+            return attrs.evolve(config, subset="train")
+        sibling = cls._sibling(config)
+        if sibling is not None:
+            return attrs.evolve(config, root=str(sibling), held_out=0.0, subset="train")
+        if cls.held_out_fraction(config) > 0:
+            return attrs.evolve(config, subset="held_out")
+        return None
+
+    @staticmethod
+    def _sibling(config: "ImageFolder.Config") -> Path | None:
+        root = Path(config.root)
         if root.name == "train":
             for name in ("val", "test"):
                 if (root.parent / name).is_dir():
-                    return attrs.evolve(config, root=str(root.parent / name))
+                    return root.parent / name
         return None
+
+    @classmethod
+    def held_out_fraction(cls, config: "ImageFolder.Config") -> float:
+        """``held_out``, or its automatic value: 0.1 for class folders with no val/test folder
+        beside ``root``, else 0."""
+        if config.held_out is not None:
+            return config.held_out
+        root = Path(config.root)
+        labelled = root.is_dir() and any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir())
+        return 0.1 if labelled and cls._sibling(config) is None else 0.0
 
     def __init__(self, config: "ImageFolder.Config", split: str | None = None, train: bool | None = None):
         self.config = config
@@ -144,6 +186,15 @@ class ImageFolder(Dataset):
         self.samples = [(p, k) for p, k in self.samples if not p.name.startswith(".")]
         if not self.samples:
             raise DataError(f"no files in image folder {root}")
+        frac = self.held_out_fraction(config)
+        if frac > 0:
+            kept = _held_out(self.samples, root, frac)
+            if train is None and config.subset == "train":
+                print(f"data: {len(kept)} of the {len(self.samples)} images in {root} ({frac:.0%} of each class) are "
+                      f"held out of training for evaluation (data.held_out; 0 trains on all)", flush=True)
+            self.samples = [s for i, s in enumerate(self.samples) if (i in kept) == (config.subset == "held_out")]
+            if not self.samples:
+                raise DataError(f"data.held_out={frac}: no images left for the {config.subset} part of {root}")
         mean = config.mean or (IMAGENET_MEAN if config.channels == 3 else (0.5,))
         std = config.std or (IMAGENET_STD if config.channels == 3 else (0.5,))
         for key, v in (("mean", mean), ("std", std)):
