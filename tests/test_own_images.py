@@ -164,3 +164,9 @@ def test_class_folders_alone_hold_out_a_stable_labelled_split(tmp_path, capsys):
     assert {p.relative_to(moved) for p, _ in again.samples} == {p.relative_to(tmp_path / "set") for p, _ in test.samples}
     flat = resolve({"method": "mae_tiny_fashion_mnist", "data": {"name": "image_folder", "root": str(moved / "a")}})
     assert held_out_dataset(flat) is None and len(build_dataset(flat)) == 10  # unlabelled: all of it trains
+
+
+def test_a_folder_of_images_as_fashion_mnist_root_says_what_to_set(tmp_path, capsys):
+    imgs = _images(tmp_path / "imgs", 2, "RGB")
+    assert main(["train", "mae_tiny_fashion_mnist", "--set", f"data.root={imgs}", "--set", f"output_dir={tmp_path}"]) == 2
+    assert "data.name=image_folder" in capsys.readouterr().err
