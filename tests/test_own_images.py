@@ -112,6 +112,8 @@ def test_geometry_is_derived_and_eval_data_follows_the_data(tmp_path):
     with pytest.raises(ConfigError, match=r"eval_data.channels=1 does not match data.channels=3"):
         resolve({"method": "mae_tiny_fashion_mnist", "data": {"name": "image_folder", "root": str(imgs)},
                  "eval_data": {"name": "fashion_mnist", "channels": 1}})
+    # a recipe that states no data (an importer's, a model-only one) keeps its model as written
+    assert resolve({"model": {"encoder": {"name": "vit", "in_chans": 3, "img_size": 224}}}).model["encoder"]["in_chans"] == 3
     with pytest.raises(ConfigError, match=r"model.encoder.img_size.*not divisible by the patch size"):
         mimkit.build(resolve("mae_tiny_fashion_mnist", ["data.img_size=30"]))
 

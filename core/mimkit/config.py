@@ -213,7 +213,8 @@ def resolve(
     raw = resolve_presets(raw, registry)
     recipe_obj = structure(Recipe, raw, "")
     validate(recipe_obj, registry)
-    derive_geometry(recipe_obj, registry)
+    if "data" in raw:  # a recipe without data (an importer's, a model-only one) keeps its model as written
+        derive_geometry(recipe_obj, registry)
     return recipe_obj
 
 
