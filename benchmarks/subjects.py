@@ -127,7 +127,7 @@ def _build_mimkit(s: Setup) -> tuple[nn.Module, LossFn]:
 
     a = s.arch_spec
     ov = [
-        f"model.encoder.img_size={a.img_size}", f"model.encoder.patch_size={a.patch}",
+        f"data.img_size={a.img_size}", f"model.encoder.patch_size={a.patch}",  # the model follows the data
         f"model.encoder.embed_dim={a.dim}", f"model.encoder.depth={a.depth}",
         f"model.encoder.num_heads={a.heads}", f"model.encoder.mlp_ratio={a.mlp_ratio}",
         f"model.encoder.mode={s.encoder_mode}",

@@ -204,7 +204,12 @@ def test_a_labelled_split_is_a_dataset_capability_not_a_name(tmp_path):
     rec = json.loads(out.read_text())
     assert rec["num_train"] == 12 and rec["num_test"] == 6 and rec["k"] == 3
     assert rec["top1"] == 1.0  # two far-apart grey levels: even random features separate them
-    # a folder without a sibling val/ has no test split: the error says what to pass
+    # class folders without a sibling val/: 10% of each class (at least 1) is held out
     recipe["data"]["root"] = str(tmp_path / "imgs" / "val")
+    train_ds, test_ds = ev.eval_datasets(mimkit.resolve(recipe))
+    assert (len(train_ds), len(test_ds)) == (4, 2) and sorted(k for _, k in test_ds.samples) == [0, 1]
+    assert not {p for p, _ in train_ds.samples} & {p for p, _ in test_ds.samples}
+    # ... unless data.held_out is 0: then no test split, and the error says what to pass
+    recipe["data"]["held_out"] = 0
     with pytest.raises(mimkit.ConfigError, match="--val-root"):
         ev.eval_datasets(mimkit.resolve(recipe))

@@ -61,6 +61,20 @@ def build_dataset(recipe: Recipe, train: bool | None = None, eval_split: bool = 
     return cls(cfg, train=train)
 
 
+def held_out_dataset(recipe: Recipe, registry: Any = None):
+    """The run's labelled held-out data, un-augmented, or ``None`` when it has none:
+    ``recipe.eval_data`` when given, else the labelled test split the data source declares
+    (``eval_split(config, "test")``: Fashion-MNIST's test set, an image folder's sibling
+    ``val``/``test`` folder)."""
+    reg = registry or get_registry()
+    if recipe.eval_data is not None:
+        return build_dataset(recipe, train=False, eval_split=True, registry=reg)
+    cls, cfg = component("datasets", recipe.data, "data", reg)
+    split = getattr(cls, "eval_split", None)
+    test_cfg = split(cfg, "test") if split is not None else None
+    return None if test_cfg is None else cls(test_cfg, train=False)
+
+
 def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, strict: bool = True) -> None:
     """Load a state dict after checking keys and shapes (errors list the mismatches)."""
     ckpt.check_compatible(model, dict(state), source, strict=strict)

@@ -50,14 +50,14 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 def _cmd_visualize(args: argparse.Namespace) -> int:
     import torch
 
-    from .api import build_dataset, load
+    from .api import build_dataset, held_out_dataset, load
     from .data import collate
     from .plugins import registry
     from .viz import visualizer_name
 
     model = load(args.checkpoint)
     recipe = model.recipe
-    dataset = build_dataset(recipe, train=False, eval_split=True)
+    dataset = held_out_dataset(recipe) or build_dataset(recipe, train=False)  # else training images, un-augmented
     batch = collate([dataset[i] for i in range(min(args.num, len(dataset)))])
     batch.pop("_skipped", None)
     vis_name = visualizer_name(model)

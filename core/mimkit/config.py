@@ -22,7 +22,8 @@ from .errors import ConfigError
 from .plugins import Registry
 from .plugins import registry as get_registry
 from .schema import (  # noqa: F401  (re-exported: the schema toolkit used to live here)
-    FieldError, component, converter, in_range, one_of, positive, short, structure, unstructure,
+    FieldError, component, converter, declared_geometry, follow_geometry, in_range, one_of, positive, short,
+    structure, unstructure,
     validate_component,
 )
 
@@ -247,9 +248,24 @@ def resolve_presets(raw: Mapping[str, Any], registry: Any, _seen: tuple[str, ...
         raise ConfigError(f"presets form a cycle: {' -> '.join((*_seen, name))}")
     preset = registry.get("presets", name, where="method")
     base = resolve_presets(preset, registry, (*_seen, name))
-    merged = deep_merge(base, {k: v for k, v in raw.items() if k != "method"})
+    layer = {k: v for k, v in raw.items() if k != "method"}
+    merged = deep_merge(base, layer)
+    if "eval_data" not in layer and base.get("eval_data") is not None and other_source(base.get("data"), layer.get("data")):
+        merged["eval_data"] = None  # the preset's evaluation data belongs to the preset's data
     merged["method"] = name
     return merged
+
+
+def other_source(old: Any, new: Any) -> bool:
+    """Whether the ``new`` data mapping of a recipe layer names another source than ``old``:
+    a different ``name`` or ``root`` anywhere in it (a wrapper's ``base`` included)."""
+    if not isinstance(new, Mapping):
+        return new is not None and new != old
+    old = old if isinstance(old, Mapping) else {}
+    for key in ("name", "root"):
+        if key in new and new[key] != old.get(key):
+            return True
+    return any(other_source(old.get(k), v) for k, v in new.items() if isinstance(v, Mapping))
 
 
 def resolve(
@@ -277,7 +293,23 @@ def resolve(
     check_size(raw, "recipe")
     recipe_obj = structure(Recipe, raw, "")
     validate(recipe_obj, registry)
+    if "data" in raw:  # a recipe without data (an importer's, a model-only one) keeps its model as written
+        derive_geometry(recipe_obj, registry)
     return recipe_obj
+
+
+def derive_geometry(recipe: Recipe, registry: Registry) -> None:
+    """One source of truth for geometry: the data declares it (Config fields with
+    ``geometry`` metadata: image size, channels, frames...), and every model field that
+    ``follows`` it and ``eval_data``'s geometry fields take the data's values unless the recipe
+    sets them; an explicit mismatch is a :class:`ConfigError` naming both keys. The derived
+    values are written into the recipe (and so into every run's ``recipe.yaml``)."""
+    geometry = declared_geometry("datasets", recipe.data, "data", registry)
+    recipe.model = follow_geometry("models", recipe.model, "model", registry, geometry, default="masked")
+    if recipe.eval_data is not None:
+        recipe.eval_data = follow_geometry("datasets", recipe.eval_data, "eval_data", registry, geometry,
+                                           meta_key="geometry")
+    validate(recipe, registry)
 
 
 def validate(recipe: Recipe, registry: Registry) -> None:

@@ -16,6 +16,7 @@ whole tree is validated before anything is built::
 """
 from __future__ import annotations
 
+import copy
 import math
 import reprlib
 import types
@@ -241,3 +242,97 @@ def validate_component(kind: str, spec: Any, path: str, registry: Any, default: 
     for sub_kind, sub_spec, sub_path, sub_default in sub_specs(cls, cfg, path):
         validate_component(sub_kind, sub_spec, sub_path, registry, sub_default)
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry: stated once by the data, followed by the model
+#
+# A data source declares its geometry in the metadata of its Config fields::
+#
+#     img_size: int = attrs.field(default=224, metadata={"geometry": "img_size"})
+#     channels: int = attrs.field(default=3, metadata={"geometry": "channels"})
+#
+# and a component (encoder, target, decoder, ...) declares which of its Config fields follow it::
+#
+#     in_chans: int | None = attrs.field(default=None, metadata={"follows": "channels"})
+#
+# :func:`follow_geometry` fills every following field the recipe leaves unset with the data's
+# value and refuses an explicit value that differs, naming both keys. The keys are free-form
+# strings (``img_size``, ``channels``, ``num_frames``, an audio plugin's ``num_mel_bins``...).
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal geometry values; an int equals a list/tuple of that int (``32`` == ``[32, 32]``)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (list, tuple)):
+        a, b = b, a
+    if isinstance(b, (list, tuple)):
+        return all(_same(a, y) for y in b)
+    return a == b
+
+
+def _as_spec(spec: Any) -> dict:
+    if spec is None:
+        return {}
+    if isinstance(spec, str):
+        return {"name": spec}
+    return dict(spec) if isinstance(spec, Mapping) else spec
+
+
+def declared_geometry(kind: str, spec: Any, path: str, registry: Any, default: str | None = None) -> dict[str, tuple[Any, str]]:
+    """The geometry a data spec declares: ``{key: (value, key path)}`` from its Config fields'
+    ``geometry`` metadata (defaults included), over that of the datasets it wraps."""
+    cls, cfg = component(kind, spec, path, registry, default)
+    out: dict[str, tuple[Any, str]] = {}
+    for sub_kind, sub_spec, sub_path, sub_default in sub_specs(cls, cfg, path):
+        if sub_kind == kind:
+            out.update(declared_geometry(sub_kind, sub_spec, sub_path, registry, sub_default))
+    for a in attrs.fields(type(cfg)):
+        key = a.metadata.get("geometry")
+        if key and getattr(cfg, a.name) is not None:
+            out[key] = (getattr(cfg, a.name), _join(path, a.name))
+    return out
+
+
+def follow_geometry(kind: str, spec: Any, path: str, registry: Any, geometry: Mapping[str, tuple[Any, str]],
+                    default: str | None = None, meta_key: str = "follows") -> Any:
+    """``spec`` with every field that follows a geometry key (Config metadata ``meta_key``) set
+    to the data's value where the recipe leaves it unset, recursively through sub-component
+    specs; an explicit different value is a :class:`ConfigError` naming both keys."""
+    spec = _as_spec(spec)
+    if not isinstance(spec, dict):
+        return spec  # component() reports the bad spec
+    cls, cfg = component(kind, spec, path, registry, default)
+    for a in attrs.fields(type(cfg)):
+        key = a.metadata.get(meta_key)
+        if not key or key not in geometry:
+            continue
+        value, source = geometry[key]
+        where = _join(path, a.name)
+        if spec.get(a.name) is None:
+            spec[a.name] = copy.deepcopy(value)
+        elif not _same(spec[a.name], value):
+            raise ConfigError(
+                f"{where}={spec[a.name]!r} does not match {source}={value!r}: the model follows the data. "
+                f"Leave {where} out (it is derived from {source}) or set both to the same value")
+    for sub in attrs.fields(type(cfg)):
+        sub_kind, many = sub.metadata.get("component"), sub.metadata.get("components")
+        if not (sub_kind or many):
+            continue
+        value = spec.get(sub.name, getattr(cfg, sub.name))
+        if value is None:
+            continue
+        where = _join(path, sub.name)
+        sub_default = sub.metadata.get("default_name")
+        if many:
+            if isinstance(value, Mapping):
+                new_many = {k: follow_geometry(many, copy.deepcopy(v), _join(where, str(k)), registry, geometry,
+                                               sub_default, meta_key) for k, v in value.items()}
+                if sub.name in spec or new_many != {k: _as_spec(v) for k, v in value.items()}:
+                    spec[sub.name] = new_many
+        else:
+            new = follow_geometry(sub_kind, copy.deepcopy(value), where, registry, geometry, sub_default, meta_key)
+            if sub.name in spec or new != _as_spec(value):
+                spec[sub.name] = new
+    return spec

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .api import build_dataset, build_model, load_state
+from .api import build_dataset, build_model, held_out_dataset, load_state
 from .config import OptimConfig, Recipe, TrainConfig, dump, resolve, yaml_load
 from .data import SeededDataset, collate, epoch_batches, seed_for
 from .errors import CheckpointError, ConfigError, DataError, MimkitError
@@ -605,8 +605,13 @@ class _Run:
         s.sums, s.count, s.t_log, s.seen_log = {}, 0, time.perf_counter(), 0
 
     def probe_knn(self, probe: "_OnlineKNN | None") -> None:
-        if probe is not None:
-            top1 = probe(self.core)
+        if probe is not None and probe.ready:
+            try:
+                top1 = probe(self.core)
+            except Exception as exc:  # noqa: BLE001  (a probe never stops the training)
+                probe.disable(f"it failed: {type(exc).__name__}: {exc}")
+                self.accelerator.wait_for_everyone()
+                return
             _write(self.metrics_file, json.dumps({"step": self.state.step, "knn_top1": top1}) + "\n", "a")
             self.accelerator.log({"knn_top1": top1}, step=self.state.step)
         self.accelerator.wait_for_everyone()
@@ -638,7 +643,11 @@ class _Run:
         if s.status == "preempted":
             print(f"stopped by signal at step {s.step}; checkpoint saved. Continue with --resume", file=sys.stderr)
         if self.tc.visualize and s.status == "finished":
-            _pictures(self.core, self.recipe, self.run_dir)
+            try:  # nothing after the last checkpoint may fail a finished run
+                _pictures(self.core, self.recipe, self.run_dir)
+            except Exception as exc:  # noqa: BLE001  (reported, never raised)
+                print(f"warning: the end-of-run pictures failed ({type(exc).__name__}: {exc}); the run finished "
+                      f"and its checkpoint is saved in {self.ckpt_dir}", file=sys.stderr)
 
 
 def train(
@@ -729,11 +738,26 @@ class _OnlineKNN:
     def __init__(self, recipe: Recipe, accelerator: Accelerator):
         from torch.utils.data import Subset
 
-        train = build_dataset(recipe, train=False)
-        test = build_dataset(recipe, train=False, eval_split=True)
-        self.bank = Subset(train, range(min(recipe.train.knn_train, len(train))))
-        self.queries = Subset(test, range(min(recipe.train.knn_test, len(test))))
-        self.device = accelerator.device
+        from .evaluation.common import dataset_labels
+
+        self.device, self.ready = accelerator.device, False
+        try:
+            train = build_dataset(recipe, train=False)
+            test = held_out_dataset(recipe)
+            if test is None:
+                return self.disable(f"data source {recipe.data.get('name')!r} has no labelled held-out split "
+                                    "(no eval_data, no val/test folder beside data.root)")
+            self.bank = Subset(train, range(min(recipe.train.knn_train, len(train))))
+            self.queries = Subset(test, range(min(recipe.train.knn_test, len(test))))
+            if (dataset_labels(self.bank) < 0).any() or (dataset_labels(self.queries) < 0).any():
+                return self.disable("the data has no labels (no class folders)")
+        except Exception as exc:  # noqa: BLE001  (a probe never stops the training)
+            return self.disable(f"its data could not be built: {type(exc).__name__}: {exc}")
+        self.ready = True
+
+    def disable(self, why: str) -> None:
+        self.ready = False
+        print(f"online k-NN skipped: {why}", file=sys.stderr, flush=True)
 
     @torch.no_grad()
     def _features(self, model: torch.nn.Module, ds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -763,15 +787,14 @@ def _pictures(model: torch.nn.Module, recipe: Recipe, run_dir: Path) -> None:
         return
     reg = get_registry()
     vis_cls = reg.get("visualizers", vis_name)
-    try:
-        dataset = build_dataset(recipe, train=False, eval_split=True)
-    except MimkitError:
-        return
+    dataset, what = held_out_dataset(recipe), "held-out images"
+    if dataset is None:  # no held-out split: training images, un-augmented
+        dataset, what = build_dataset(recipe, train=False), "training images, un-augmented"
     items = [dataset[i] for i in range(min(8, len(dataset)))]
     batch = collate(items)
     batch.pop("_skipped", None)
     device = next(model.parameters()).device
     batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
     vis_cls()(model, batch, run_dir / "reconstructions.png", mean=dataset.mean, std=dataset.std,
-              seed=recipe.seed, title=f"{recipe.name} (held-out images)")
+              seed=recipe.seed, title=f"{recipe.name} ({what})")
 

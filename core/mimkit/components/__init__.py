@@ -152,7 +152,11 @@ class Dataset(Protocol):
 
     Labelled evaluation: a class method ``eval_split(config) -> Config | None`` returns the
     config of the labelled held-out split (``None`` when there is none); see
-    :func:`mimkit.data.eval_split`."""
+    :func:`mimkit.data.eval_split`.
+
+    Geometry: Config fields with metadata ``{"geometry": KEY}`` (``img_size``, ``channels``,
+    ``num_frames``...) state it once; model fields with ``{"follows": KEY}`` take it in
+    :func:`mimkit.resolve` (:func:`mimkit.schema.follow_geometry`)."""
 
     def __len__(self) -> int: ...
 

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..data import (
     DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN,
-    IMAGENET_STD, _augment,
+    IMAGE_SUFFIXES, IMAGENET_STD, _augment,
 )
 from ..errors import DataError
 from ..schema import one_of
@@ -39,8 +39,8 @@ class FashionMNIST(Dataset):
     class Config:
         root: str | None = None
         split: str = attrs.field(default="train", validator=one_of("train", "test"))
-        img_size: int = 32
-        channels: int = attrs.field(default=1, validator=attrs.validators.in_((1, 3)))
+        img_size: int = attrs.field(default=32, metadata={"geometry": "img_size"})
+        channels: int = attrs.field(default=1, validator=attrs.validators.in_((1, 3)), metadata={"geometry": "channels"})
         augment: bool = True
         crop_scale: tuple[float, float] = (0.2, 1.0)
         flip: bool = True
@@ -75,6 +75,9 @@ class FashionMNIST(Dataset):
             if c.is_dir() and any(c.glob("*-images-idx3-ubyte*")):
                 return c
         hint = "install it with `apt-get install dataset-fashion-mnist` (the set-up script does)"
+        if root and Path(root).is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in Path(root).rglob("*")):
+            hint = ("that folder holds image files: train on them with data.name=image_folder "
+                    "(e.g. --set data.name=image_folder --set data.root=... --set data.img_size=32)")
         raise DataError(f"Fashion-MNIST not found in {', '.join(map(str, candidates))}; {hint}")
 
     @staticmethod
@@ -96,6 +99,23 @@ class FashionMNIST(Dataset):
         return {"image": self.transform(img), "label": int(self.labels[i])}
 
 
+def _held_out(samples: list[tuple[Path, int]], root: Path, fraction: float) -> set[int]:
+    """Indices of the held-out files: in every class of at least 2 files, the
+    ``max(1, round(fraction * n))`` whose SHA-1 of the path relative to ``root`` is smallest:
+    a function of the file names only (the same wherever the folder lives)."""
+    import hashlib
+
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for i, (p, k) in enumerate(samples):
+        digest = hashlib.sha1(str(p.relative_to(root)).encode()).hexdigest()
+        by_class.setdefault(k, []).append((digest, i))
+    out: set[int] = set()
+    for items in by_class.values():
+        if len(items) >= 2:
+            out.update(i for _, i in sorted(items)[: max(1, round(fraction * len(items)))])
+    return out
+
+
 class ImageFolder(Dataset):
     """Images in ``root``: class subfolders (torchvision ImageFolder layout, labels from the
     folder names) or a flat folder of unlabeled images (the common case for pretraining)."""
@@ -103,8 +123,9 @@ class ImageFolder(Dataset):
     @attrs.define(kw_only=True)
     class Config:
         root: str
-        img_size: int = 224
-        channels: int = attrs.field(default=3, validator=attrs.validators.in_((1, 3)))
+        img_size: int = attrs.field(default=224, metadata={"geometry": "img_size"})  # every image is resized to it
+        # every image is converted to RGB (3) or grayscale (1), whatever its own mode
+        channels: int = attrs.field(default=3, validator=attrs.validators.in_((1, 3)), metadata={"geometry": "channels"})
         augment: bool = True
         crop_scale: tuple[float, float] = (0.2, 1.0)
         flip: bool = True
@@ -112,19 +133,44 @@ class ImageFolder(Dataset):
         std: tuple[float, ...] | None = None
         bad_data: str = attrs.field(default="error", validator=one_of("error", "skip"))
         max_pixels: int = 1 << 28  # refuse decompression bombs beyond this
+        # Fraction of each class kept out of training as the labelled held-out split (pictures,
+        # online k-NN, `mim eval`). None: 0.1 for class folders without a val/test folder beside
+        # `root`, else 0. The choice is a function of the file names.
+        held_out: float | None = attrs.field(default=None, validator=attrs.validators.optional(
+            [attrs.validators.ge(0.0), attrs.validators.lt(1.0)]))
+        subset: str = attrs.field(default="train", validator=one_of("train", "held_out"))  # which part, when held out
 
     @classmethod
     def eval_split(cls, config: "ImageFolder.Config", split: str) -> "ImageFolder.Config | None":
         """Labelled evaluation splits: a ``root`` named ``train`` is the train split and its
         sibling ``val`` (or ``test``) folder, when present, the test split (ImageNet layout)."""
-        root = Path(config.root)
         if split == "train":
-            return config
+            return attrs.evolve(config, subset="train")
+        sibling = cls._sibling(config)
+        if sibling is not None:
+            return attrs.evolve(config, root=str(sibling), held_out=0.0, subset="train")
+        if cls.held_out_fraction(config) > 0:
+            return attrs.evolve(config, subset="held_out")
+        return None
+
+    @staticmethod
+    def _sibling(config: "ImageFolder.Config") -> Path | None:
+        root = Path(config.root)
         if root.name == "train":
             for name in ("val", "test"):
                 if (root.parent / name).is_dir():
-                    return attrs.evolve(config, root=str(root.parent / name))
+                    return root.parent / name
         return None
+
+    @classmethod
+    def held_out_fraction(cls, config: "ImageFolder.Config") -> float:
+        """``held_out``, or its automatic value: 0.1 for class folders with no val/test folder
+        beside ``root``, else 0."""
+        if config.held_out is not None:
+            return config.held_out
+        root = Path(config.root)
+        labelled = root.is_dir() and any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir())
+        return 0.1 if labelled and cls._sibling(config) is None else 0.0
 
     def __init__(self, config: "ImageFolder.Config", split: str | None = None, train: bool | None = None):
         self.config = config
@@ -145,14 +191,43 @@ class ImageFolder(Dataset):
         self.samples = [(p, k) for p, k in self.samples if not p.name.startswith(".")]
         if not self.samples:
             raise DataError(f"no files in image folder {root}")
+        frac = self.held_out_fraction(config)
+        if frac > 0:
+            kept = _held_out(self.samples, root, frac)
+            if train is None and config.subset == "train":
+                print(f"data: {len(kept)} of the {len(self.samples)} images in {root} ({frac:.0%} of each class) are "
+                      f"held out of training for evaluation (data.held_out; 0 trains on all)", flush=True)
+            self.samples = [s for i, s in enumerate(self.samples) if (i in kept) == (config.subset == "held_out")]
+            if not self.samples:
+                raise DataError(f"data.held_out={frac}: no images left for the {config.subset} part of {root}")
         mean = config.mean or (IMAGENET_MEAN if config.channels == 3 else (0.5,))
         std = config.std or (IMAGENET_STD if config.channels == 3 else (0.5,))
+        for key, v in (("mean", mean), ("std", std)):
+            if len(v) != config.channels:
+                raise DataError(f"data.{key}={list(v)} has {len(v)} values but data.channels={config.channels}")
         self.mean, self.std = tuple(mean), tuple(std)
+        if train is None:  # the training set (not its evaluation copies)
+            self._note_small_images()
         train = config.augment if train is None else train
         self.transform = _augment(config.img_size, config.crop_scale, config.flip, self.mean, self.std, train)
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def _note_small_images(self, probe: int = 16) -> None:
+        """One line when the images are much smaller than ``img_size`` (they are upscaled): the
+        usual sign of a tiny-image folder under a 224 preset. Reads only a few file headers."""
+        sizes = []
+        for path, _ in self.samples[:probe]:
+            try:
+                with Image.open(path) as im:
+                    sizes.append(min(im.size))
+            except Exception:  # unreadable files are reported (or skipped) when loaded
+                continue
+        if sizes and max(sizes) * 2 <= self.config.img_size:
+            print(f"note: the images in {self.config.root} are about {max(sizes)} px but data.img_size is "
+                  f"{self.config.img_size}: they are upscaled. For a smaller, faster model set data.img_size "
+                  f"(the model follows it)", flush=True)
 
     def load(self, path: Path) -> Image.Image:
         """Decode one file to RGB or L; every failure names the file."""

@@ -30,9 +30,9 @@ class ViTEncoder(nn.Module):
     @attrs.define(kw_only=True)
     class Config:
         model: str = "vit_base_patch16_224"  # any timm ViT name
-        img_size: int | list[int] | None = None
+        img_size: int | list[int] | None = attrs.field(default=None, metadata={"follows": "img_size"})  # default: the data's
         patch_size: int | None = None
-        in_chans: int | None = None
+        in_chans: int | None = attrs.field(default=None, metadata={"follows": "channels"})  # default: the data's
         embed_dim: int | None = None
         depth: int | None = None
         num_heads: int | None = None
@@ -67,6 +67,10 @@ class ViTEncoder(nn.Module):
         self.num_prefix_tokens: int = vit.num_prefix_tokens
         gh, gw = vit.patch_embed.grid_size
         ph, pw = vit.patch_embed.patch_size
+        ih, iw = vit.patch_embed.img_size
+        if ih % ph or iw % pw:
+            raise ConfigError(f"model.encoder.img_size {(ih, iw)} (it follows data.img_size) is not divisible by the "
+                              f"patch size {(ph, pw)}: choose a data.img_size that is a multiple of {ph}")
         self.grid: tuple[int, int, int] = (1, gh, gw)
         self.patch: tuple[int, int, int] = (1, ph, pw)
         self.in_chans: int = vit.patch_embed.proj.in_channels

@@ -123,7 +123,10 @@ def eval_datasets(
     if val_root is not None:
         if not any(f.name == "root" for f in attrs.fields(type(train_cfg))):
             raise ConfigError(f"--val-root: data source {recipe.data.get('name')!r} has no 'root' option")
-        test_cls, test_cfg = cls, attrs.evolve(train_cfg, root=str(val_root))
+        changes: dict[str, Any] = {"root": str(val_root)}
+        if any(f.name == "held_out" for f in attrs.fields(type(train_cfg))):  # the whole val folder
+            changes.update(held_out=0.0, subset="train")
+        test_cls, test_cfg = cls, attrs.evolve(train_cfg, **changes)
     elif recipe.eval_data is not None:
         test_cls, test_cfg = component("datasets", recipe.eval_data, "eval_data", reg)
         test_cfg = _split(test_cls, test_cfg, "test") or test_cfg

@@ -48,7 +48,7 @@ class TwoViews(torch.utils.data.Dataset):
     class Config:
         base: dict[str, Any] = attrs.field(metadata={"component": "datasets"}, factory=lambda: {"name": "fashion_mnist"})
         pairing: str = attrs.field(default="shift", validator=one_of("shift", "independent"))
-        img_size: int | None = None  # default: the base dataset's image size
+        img_size: int | None = attrs.field(default=None, metadata={"geometry": "img_size"})  # default: the base's
         crop_scale: tuple[float, float] = (0.2, 1.0)
         flip: bool = True
         max_shift: int | None = None  # pixels; default round(31 * S / 224)

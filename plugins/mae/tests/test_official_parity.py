@@ -126,7 +126,7 @@ def test_convert_and_build_from_preset_with_overrides():
 
     sd = random_official_state(seed=3)
     model = mimkit.build({"method": "mae_vit_base_patch16"}, [
-        f"model.encoder.img_size={IMG}", f"model.encoder.patch_size={P}", f"model.encoder.embed_dim={D}",
+        f"data.img_size={IMG}", f"model.encoder.patch_size={P}", f"model.encoder.embed_dim={D}",
         f"model.encoder.depth={DEPTH}", f"model.encoder.num_heads={HEADS}", f"model.decoder.embed_dim={DD}",
         f"model.decoder.depth={DDEPTH}"]).eval()
     model.load_state_dict(convert_official(sd))

@@ -30,8 +30,8 @@ class ResNetEncoder(nn.Module):
     @attrs.define(kw_only=True)
     class Config:
         model: str = "resnet50"  # any timm ResNet-like CNN with forward_features
-        img_size: int | list[int] = 224
-        in_chans: int = 3
+        img_size: int | list[int] = attrs.field(default=224, metadata={"follows": "img_size"})  # default: the data's
+        in_chans: int = attrs.field(default=3, metadata={"follows": "channels"})
         drop_path: float = 0.0
 
     def __init__(self, config: "ResNetEncoder.Config", env: BuildEnv | None = None):

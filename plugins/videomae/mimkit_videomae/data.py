@@ -82,9 +82,9 @@ def clip_indices(num_available: int, num_frames: int, stride: int, start: int) -
 
 @attrs.define(kw_only=True)
 class _VideoConfig:
-    num_frames: int = 16
+    num_frames: int = attrs.field(default=16, metadata={"geometry": "num_frames"})
     stride: int = 4  # 4 for Kinetics-400, 2 for Something-Something v2
-    img_size: int = 224
+    img_size: int = attrs.field(default=224, metadata={"geometry": "img_size"})
     augment: bool = True
     scales: list[float] = attrs.field(factory=lambda: [1.0, 0.875, 0.75, 0.66])
     max_distort: int = 1

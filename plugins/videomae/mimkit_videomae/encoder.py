@@ -109,8 +109,8 @@ class VideoViTEncoder(nn.Module):
         depth: int | None = None
         num_heads: int | None = None
         mlp_ratio: float = 4.0
-        img_size: int | list[int] = 224
-        num_frames: int = 16
+        img_size: int | list[int] = attrs.field(default=224, metadata={"follows": "img_size"})  # default: the data's
+        num_frames: int = attrs.field(default=16, metadata={"follows": "num_frames"})
         tubelet_size: int = 2
         patch_size: int = 16
         in_chans: int = 3
