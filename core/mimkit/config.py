@@ -61,6 +61,7 @@ class TrainConfig:
     mixed_precision: str | bool = attrs.field(default="no", converter=lambda v: "no" if v is False else v,
                                               validator=one_of("no", "bf16", "fp16", "auto"))  # auto: bf16 where native
     num_workers: int = 0
+    batched_data: bool = True  # the dataset's get_batch fast path when it has one (per-sample seeded)
     log_every: int = 10
     ckpt_every: int = 500  # optimizer steps
     keep_last: int = 2

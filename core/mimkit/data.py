@@ -59,6 +59,23 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    @property
+    def batched(self) -> bool:
+        """Whether the dataset has the batched fast path ``get_batch(indices, seeds)``."""
+        return callable(getattr(self.dataset, "get_batch", None))
+
+    def get_batch(self, indices: list[int]) -> dict[str, Any]:
+        """A collated batch: the dataset's ``get_batch`` with each sample's seed (stream 0, as in
+        ``__getitem__``), plus ``index`` and the per-sample ``mask_noise`` (stream 1)."""
+        indices = [int(i) for i in indices]
+        batch = dict(self.dataset.get_batch(indices, [seed_for(self.seed, self.epoch, i, 0) for i in indices]))
+        batch["index"] = torch.tensor(indices)
+        if self.noise_fn is not None:
+            batch["mask_noise"] = torch.stack([
+                self.noise_fn(torch.Generator().manual_seed(seed_for(self.seed, self.epoch, i, 1))) for i in indices])
+        batch["_skipped"] = []
+        return batch
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_for(self.seed, self.epoch, i, 0))
@@ -69,6 +86,20 @@ class SeededDataset(Dataset):
         if self.noise_fn is not None:
             item["mask_noise"] = self.noise_fn(torch.Generator().manual_seed(seed_for(self.seed, self.epoch, i, 1)))
         return item
+
+
+class BatchedView(Dataset):
+    """``view[indices]`` is a whole collated batch from the dataset's ``get_batch`` fast path: a
+    DataLoader over it (``batch_size=None``, the batches as sampler) skips per-item collation."""
+
+    def __init__(self, seeded: "SeededDataset"):
+        self.seeded = seeded
+
+    def __len__(self) -> int:
+        return len(self.seeded)
+
+    def __getitem__(self, indices: list[int]) -> dict[str, Any]:
+        return self.seeded.get_batch(indices)
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .api import build_dataset, build_model, load_state
 from .config import OptimConfig, Recipe, TrainConfig, dump, resolve
-from .data import SeededDataset, collate, epoch_batches, seed_for
+from .data import BatchedView, SeededDataset, collate, epoch_batches, seed_for
 from .errors import MimkitError
 from .evaluation.knn import knn_predict
 from .plugins import registry as get_registry
@@ -263,6 +263,7 @@ class _Run:
         if hasattr(self.core, "set_schedule"):
             self.core.set_schedule(plan.total_steps, plan.steps_per_epoch)
         self.state = RunState()
+        self.data_path = "per-sample"  # or "batched" (train.batched_data and a dataset with get_batch)
 
     # -- restore and save ---------------------------------------------------------------------
 
@@ -292,7 +293,7 @@ class _Run:
             (self.run_dir / "recipe.yaml").write_text(dump(self.recipe))
             meta = run_metadata(self.recipe, self.accelerator) | {
                 "total_steps": p.total_steps, "peak_lr": p.peak_lr, "effective_batch": p.effective_batch,
-                "steps_per_epoch": p.steps_per_epoch}
+                "steps_per_epoch": p.steps_per_epoch, "data_path": self.data_path}
             (self.run_dir / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         self.accelerator.init_trackers("tensorboard")
 
@@ -340,8 +341,12 @@ class _Run:
         # A loader of its own generator: creating the iterator would otherwise draw from the global
         # RNG (drop path, dropout), at a different point on resume than in the uninterrupted run.
         own = torch.Generator().manual_seed(seed_for(self.recipe.seed, s.epoch, self.rank, 4))
+        pin = self.accelerator.device.type == "cuda"
+        if self.tc.batched_data and seeded.batched:  # one get_batch call per batch (mimkit.batchaug)
+            return DataLoader(BatchedView(seeded), batch_size=None, sampler=batches[s.micro:], generator=own,
+                              num_workers=self.tc.num_workers, pin_memory=pin)
         return DataLoader(seeded, batch_sampler=batches[s.micro:], collate_fn=collate, generator=own,
-                          num_workers=self.tc.num_workers, pin_memory=self.accelerator.device.type == "cuda")
+                          num_workers=self.tc.num_workers, pin_memory=pin)
 
     def train_step(self, batch: dict, ctx: Context) -> bool:
         """Forward, backward and (at the accumulation boundary) the optimizer step of one
@@ -468,6 +473,7 @@ def train(
     seeded = SeededDataset(dataset, recipe.seed, getattr(getattr(model, "masker", None), "sample_noise", None))
     plan = Plan.make(len(dataset), tc, recipe.optim, accelerator.num_processes)
     run = _Run(recipe, accelerator, model, plan, run_dir)
+    run.data_path = "batched" if tc.batched_data and seeded.batched else "per-sample"
     if resume:
         run.restore()
     if not resume or run.state.step == 0:
@@ -523,7 +529,13 @@ class _OnlineKNN:
     @torch.no_grad()
     def _features(self, model: torch.nn.Module, ds) -> tuple[torch.Tensor, torch.Tensor]:
         feats, labels = [], []
-        for batch in DataLoader(ds, batch_size=256, collate_fn=collate):
+        base = getattr(ds, "dataset", None)  # a Subset: its first items, batched when the dataset can
+        if callable(getattr(base, "get_batch", None)):
+            idx = list(ds.indices)
+            batches = (base.get_batch(idx[k:k + 256], [0] * len(idx[k:k + 256])) for k in range(0, len(idx), 256))
+        else:
+            batches = DataLoader(ds, batch_size=256, collate_fn=collate)
+        for batch in batches:
             feats.append(model.features(batch["image"].to(self.device)).float().cpu())
             labels.append(batch["label"])
         return torch.cat(feats), torch.cat(labels)
