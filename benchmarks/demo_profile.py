@@ -70,6 +70,30 @@ def _phases(recipe_path: str, overrides: list[str], steps: int, fast: bool) -> d
     return t
 
 
+def data_paths(recipe_path: str, overrides: list[str], rounds: int) -> dict[str, list[float]]:
+    """Data loading + collation of one demo batch, per-sample path against the batched fast path,
+    interleaved round by round (ms per batch)."""
+    from mimkit.api import build_dataset, build_model
+    from mimkit.config import resolve
+    from mimkit.data import SeededDataset, collate, epoch_batches
+
+    recipe = resolve(recipe_path, overrides)
+    model, dataset = build_model(recipe), build_dataset(recipe)
+    seeded = SeededDataset(dataset, recipe.seed, getattr(model.masker, "sample_noise", None))
+    batches = epoch_batches(len(dataset), recipe.seed, 0, recipe.train.batch_size, 0, 1)
+    t: dict[str, list[float]] = {"per-sample": [], "batched": []}
+    for k in range(rounds + 1):
+        for name in (("per-sample", "batched") if k % 2 else ("batched", "per-sample")):
+            t0 = time.perf_counter()
+            if name == "batched":
+                seeded.get_batch(batches[k])
+            else:
+                collate([seeded[i] for i in batches[k]])
+            if k:
+                t[name].append((time.perf_counter() - t0) * 1e3)
+    return t
+
+
 def table(t: dict[str, list[float]]) -> str:
     med = {k: statistics.median(v) for k, v in t.items()}
     total = med["step"]
@@ -88,13 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
     ap.add_argument("--precision", default="no", choices=["no", "bf16", "auto"])
     ap.add_argument("--per-sample", action="store_true", help="force the per-sample data path")
+    ap.add_argument("--data-only", action="store_true", help="time only the two data paths, interleaved")
     ap.add_argument("--set", nargs="*", default=[], help="extra recipe overrides")
     ap.add_argument("--out", help="write the markdown table here")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     overrides = [f"train.mixed_precision={a.precision}", *a.set]
-    t = _phases(a.recipe, overrides, a.steps, fast=not a.per_sample)
     load = os.getloadavg()[0]
+    if a.data_only:
+        d = data_paths(a.recipe, overrides, a.steps)
+        med = {k: statistics.median(v) for k, v in d.items()}
+        text = (f"Data + collation of one batch, {a.steps} interleaved rounds, {a.threads} threads, load average "
+                f"{load:.1f}: per-sample {med['per-sample']:.1f} ms, batched {med['batched']:.1f} ms, "
+                f"ratio {med['per-sample'] / med['batched']:.1f}x\n")
+        print(text)
+        if a.out:
+            Path(a.out).write_text(text)
+        return 0
+    t = _phases(a.recipe, overrides, a.steps, fast=not a.per_sample)
     isa = os.environ.get("ATEN_CPU_CAPABILITY", "default")
     head = (f"Demo step ({Path(a.recipe).name}, {' '.join(overrides)}), {a.steps} steps, {a.threads} threads, "
             f"ATEN_CPU_CAPABILITY={isa}, data path {'per-sample' if a.per_sample else 'default'}, "

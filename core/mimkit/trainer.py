@@ -264,6 +264,7 @@ class _Run:
             self.core.set_schedule(plan.total_steps, plan.steps_per_epoch)
         self.state = RunState()
         self.data_path = "per-sample"  # or "batched" (train.batched_data and a dataset with get_batch)
+        self.knn_last: tuple[int, float, int] | None = None  # (step, top-1, queries) of the last probe
 
     # -- restore and save ---------------------------------------------------------------------
 
@@ -418,6 +419,7 @@ class _Run:
     def probe_knn(self, probe: "_OnlineKNN | None") -> None:
         if probe is not None:
             top1 = probe(self.core)
+            self.knn_last = (self.state.step, top1, len(probe.queries))
             with open(self.metrics_file, "a") as f:
                 f.write(json.dumps({"step": self.state.step, "knn_top1": top1}) + "\n")
             self.accelerator.log({"knn_top1": top1}, step=self.state.step)
@@ -451,6 +453,9 @@ class _Run:
             print(f"stopped by signal at step {s.step}; checkpoint saved. Continue with --resume", file=sys.stderr)
         if self.tc.visualize and s.status == "finished":
             _pictures(self.core, self.recipe, self.run_dir)
+        if self.knn_last is not None:
+            step, top1, n = self.knn_last
+            print(f"online k-NN top-1 at step {step}: {top1:.1%} ({n} held-out images, k=20)")
 
 
 def train(
@@ -496,7 +501,7 @@ def train(
                 last_step = s.step >= plan.total_steps
                 if (s.step % tc.log_every == 0 or last_step) and s.count:
                     run.log_window(bar)
-                if tc.knn_every and s.step % tc.knn_every == 0:
+                if tc.knn_every and (s.step % tc.knn_every == 0 or last_step):
                     run.probe_knn(probe)
                 run.end_epoch_if_done()
                 stop_now = run.stop_requested(stop)
