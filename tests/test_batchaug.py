@@ -73,6 +73,7 @@ def test_without_augmentation_equals_the_per_sample_path(channels):
 
 def test_trainer_uses_the_fast_path_and_can_turn_it_off(tmp_path):
     fast = mimkit.train(tiny_recipe(tmp_path, "fast", epochs=0.25))
-    slow = mimkit.train(tiny_recipe(tmp_path, "slow", epochs=0.25, batched_data=False))
-    assert json.loads((fast / "meta.json").read_text())["data_path"] == "batched"
-    assert json.loads((slow / "meta.json").read_text())["data_path"] == "per-sample"
+    slow = mimkit.train(tiny_recipe(tmp_path, "slow", epochs=0.25, batched_data=False, attention="math"))
+    meta = json.loads((fast / "meta.json").read_text())["fast_path"]
+    assert meta == {"data": "batched", "compile": False, "optimizer": "fused", "attention": "auto"}
+    assert json.loads((slow / "meta.json").read_text())["fast_path"]["data"] == "per-sample"

@@ -66,7 +66,9 @@ class TrainConfig:
     ckpt_every: int = 500  # optimizer steps
     keep_last: int = 2
     nonfinite: str = attrs.field(default="stop", validator=one_of("stop", "skip"))
-    compile: bool = False
+    # torch.compile of the model: "auto" = on CUDA only (on the CPU it did not pay back within the demo)
+    compile: bool | str = attrs.field(default="auto", validator=one_of(True, False, "auto"))
+    attention: str = attrs.field(default="auto", validator=one_of("auto", "math", "flash", "efficient", "cudnn"))
     grad_checkpointing: bool = False
     deterministic: bool = True
     visualize: bool = True

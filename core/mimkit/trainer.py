@@ -91,6 +91,28 @@ def resolve_precision(value: str) -> str:
         return "no"
 
 
+def fast_path(tc: TrainConfig, optimizer: torch.optim.Optimizer, device: torch.device) -> dict[str, Any]:
+    """The speed levers chosen at run time (recorded in meta.json; each has a recipe switch):
+    ``train.compile`` (auto: CUDA only), ``optim.impl`` (auto: fused AdamW/SGD), ``train.attention``
+    (auto: torch's SDPA dispatch, i.e. flash/memory-efficient kernels on CUDA, the CPU flash kernel)."""
+    d = optimizer.defaults
+    impl = "fused" if d.get("fused") else ("foreach" if d.get("foreach") else "for-loop")
+    compile_ = device.type == "cuda" if tc.compile == "auto" else bool(tc.compile)
+    return {"compile": compile_, "optimizer": impl, "attention": tc.attention}
+
+
+def attention_backend(name: str):
+    """A context forcing one SDPA backend, or a no-op for ``auto``."""
+    import contextlib
+
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel({"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
+                        "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[name])
+
+
 # ---------------------------------------------------------------------------------------------
 # Run folder
 
@@ -255,7 +277,8 @@ class _Run:
         self.ckpt_dir, self.metrics_file = run_dir / "checkpoints", run_dir / "metrics.jsonl"
         self.main, self.world, self.rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
         optimizer = make_optimizer(model, self.oc, lr=0.0)
-        if self.tc.compile:
+        self.fast = fast_path(self.tc, optimizer, accelerator.device)
+        if self.fast["compile"]:
             model = torch.compile(model)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         core = accelerator.unwrap_model(self.model)
@@ -294,7 +317,7 @@ class _Run:
             (self.run_dir / "recipe.yaml").write_text(dump(self.recipe))
             meta = run_metadata(self.recipe, self.accelerator) | {
                 "total_steps": p.total_steps, "peak_lr": p.peak_lr, "effective_batch": p.effective_batch,
-                "steps_per_epoch": p.steps_per_epoch, "data_path": self.data_path}
+                "steps_per_epoch": p.steps_per_epoch, "fast_path": self.fast | {"data": self.data_path}}
             (self.run_dir / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         self.accelerator.init_trackers("tensorboard")
 
@@ -356,7 +379,7 @@ class _Run:
         s.bad_files += len(batch.pop("_skipped", []))
         batch = {k: (v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         ctx.step, ctx.epoch = s.step, s.epoch
-        with acc.accumulate(self.model):
+        with acc.accumulate(self.model), attention_backend(self.tc.attention):
             out = self.model(batch, ctx)
             finite = True
             if self.tc.nonfinite == "skip":  # every rank must agree before anyone skips backward
