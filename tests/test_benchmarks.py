@@ -54,3 +54,15 @@ def test_quick_benchmark_writes_complete_results(tmp_path: Path, subprocess_env:
     mem = res["memory"]["results"]
     assert _positive(mem["mimkit"]["peak_mb"]) and _positive(mem["mimkit_grad_checkpointing"]["peak_mb"])
     assert res["profile"] and all(res["profile"].values())
+
+
+def test_time_limit_skips_the_sections_not_started(tmp_path: Path, subprocess_env: dict) -> None:
+    out = tmp_path / "limited"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out), "--time-limit", "0.001",
+         "--sections", "throughput,scaling,profile"],
+        capture_output=True, text=True, timeout=300, env=subprocess_env, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert "throughput" in res and res["skipped_sections"] == ["scaling", "profile"]
