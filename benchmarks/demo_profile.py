@@ -5,7 +5,7 @@ backward, optimizer step and the trainer's own bookkeeping.
     python benchmarks/demo_profile.py [--steps 10] [--threads 2] [--precision no] [--out FILE.md]
 
 Every phase is timed with ``time.perf_counter`` around the same calls the trainer makes, step after step,
-and reported as median ms per step and share of the step. For the AVX2-only fp32 machine of issue 17, run it
+and reported as mean ms per step and share of the step. For the AVX2-only fp32 machine of issue 17, run it
 under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` with ``--precision no``.
 """
 from __future__ import annotations
@@ -95,9 +95,9 @@ def data_paths(recipe_path: str, overrides: list[str], rounds: int) -> dict[str,
 
 
 def table(t: dict[str, list[float]]) -> str:
-    med = {k: statistics.median(v) for k, v in t.items()}
+    med = {k: statistics.fmean(v) for k, v in t.items()}  # means: the phases add up to the step
     total = med["step"]
-    rows = ["| phase | median ms / step | share |", "|---|---|---|"]
+    rows = ["| phase | mean ms / step | share |", "|---|---|---|"]
     for k in ("data", "collate", "mask", "forward", "backward", "optimizer"):
         share = f"{med[k] / total:.0%}" if k != "mask" else f"({med[k] / total:.1%}, inside forward)"
         rows.append(f"| {k} | {med[k]:.1f} | {share} |")

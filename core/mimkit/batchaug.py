@@ -13,6 +13,7 @@ vector per sample); the resampling has exactly the weights of torchvision's bicu
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -77,15 +78,22 @@ def resize_weights(start: torch.Tensor, length: torch.Tensor, size_in: int, size
     return w / w.sum(-1, keepdim=True)
 
 
+@functools.lru_cache(maxsize=8192)
+def _weights(start: int, length: int, size_in: int, size_out: int, flip: bool, dtype: torch.dtype) -> torch.Tensor:
+    w = resize_weights(torch.tensor([float(start)], dtype=torch.float64),
+                       torch.tensor([float(length)], dtype=torch.float64), size_in, size_out)[0]
+    return (w.flip(0) if flip else w).to(dtype)
+
+
 def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Crop ``boxes`` (from :func:`crop_boxes`) out of float ``images`` (B, C, H, W) and resize
     each to ``size``×``size``, flipping where the box says so: two batched matmuls with the
-    separable weights of torchvision's bicubic antialiased ``resized_crop``."""
-    top, left, h, w, flipped = boxes.unbind(1)
-    wy = resize_weights(top, h, images.shape[-2], size)
-    wx = resize_weights(left, w, images.shape[-1], size)
-    wx = torch.where(flipped.bool().view(-1, 1, 1), wx.flip(1), wx)
-    wy, wx = wy.to(images.dtype).unsqueeze(1), wx.to(images.dtype).unsqueeze(1)
+    separable weights of torchvision's bicubic antialiased ``resized_crop`` (one small matrix per
+    (offset, length) of a side, cached: a batch costs a lookup per sample, no large elementwise op)."""
+    rows = boxes.to(torch.int64).tolist()
+    h_in, w_in, dt = images.shape[-2], images.shape[-1], images.dtype
+    wy = torch.stack([_weights(t, h, h_in, size, False, dt) for t, _, h, _, _ in rows]).unsqueeze(1)
+    wx = torch.stack([_weights(l, w, w_in, size, bool(f), dt) for _, l, _, w, f in rows]).unsqueeze(1)
     return wy @ images @ wx.transpose(-1, -2)
 
 

@@ -68,11 +68,18 @@ class SeededDataset(Dataset):
         """A collated batch: the dataset's ``get_batch`` with each sample's seed (stream 0, as in
         ``__getitem__``), plus ``index`` and the per-sample ``mask_noise`` (stream 1)."""
         indices = [int(i) for i in indices]
-        batch = dict(self.dataset.get_batch(indices, [seed_for(self.seed, self.epoch, i, 0) for i in indices]))
-        batch["index"] = torch.tensor(indices)
-        if self.noise_fn is not None:
-            batch["mask_noise"] = torch.stack([
-                self.noise_fn(torch.Generator().manual_seed(seed_for(self.seed, self.epoch, i, 1))) for i in indices])
+        # One intra-op thread: the batch's ops are small, and OpenMP's spinning second thread made
+        # them 5-10x slower on a loaded 2-core machine (benchmarks/README.md, the demo step).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            batch = dict(self.dataset.get_batch(indices, [seed_for(self.seed, self.epoch, i, 0) for i in indices]))
+            batch["index"] = torch.tensor(indices)
+            if self.noise_fn is not None:
+                batch["mask_noise"] = torch.stack([
+                    self.noise_fn(torch.Generator().manual_seed(seed_for(self.seed, self.epoch, i, 1))) for i in indices])
+        finally:
+            torch.set_num_threads(threads)
         batch["_skipped"] = []
         return batch
 
