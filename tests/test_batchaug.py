@@ -77,3 +77,18 @@ def test_trainer_uses_the_fast_path_and_can_turn_it_off(tmp_path):
     meta = json.loads((fast / "meta.json").read_text())["fast_path"]
     assert meta == {"data": "batched", "compile": False, "optimizer": "fused", "attention": "auto"}
     assert json.loads((slow / "meta.json").read_text())["fast_path"]["data"] == "per-sample"
+
+
+def test_a_subclass_overriding_getitem_keeps_the_per_sample_path():
+    class Captioned(FashionMNIST):
+        def __getitem__(self, i):
+            return super().__getitem__(i) | {"text": "a garment"}
+
+    class CaptionedBatched(Captioned):
+        def get_batch(self, indices, seeds):
+            return super().get_batch(indices, seeds) | {"text": ["a garment"] * len(indices)}
+
+    cfg = FashionMNIST.Config(limit=8)
+    assert SeededDataset(FashionMNIST(cfg), 0).batched
+    assert not SeededDataset(Captioned(cfg), 0).batched  # get_batch would drop "text"
+    assert SeededDataset(CaptionedBatched(cfg), 0).batched

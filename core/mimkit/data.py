@@ -62,7 +62,7 @@ class SeededDataset(Dataset):
     @property
     def batched(self) -> bool:
         """Whether the dataset has the batched fast path ``get_batch(indices, seeds)``."""
-        return callable(getattr(self.dataset, "get_batch", None))
+        return has_batch_path(self.dataset)
 
     def get_batch(self, indices: list[int]) -> dict[str, Any]:
         """A collated batch: the dataset's ``get_batch`` with each sample's seed (stream 0, as in
@@ -93,6 +93,17 @@ class SeededDataset(Dataset):
         if self.noise_fn is not None:
             item["mask_noise"] = self.noise_fn(torch.Generator().manual_seed(seed_for(self.seed, self.epoch, i, 1)))
         return item
+
+
+def has_batch_path(dataset: Any) -> bool:
+    """Whether ``dataset.get_batch(indices, seeds)`` stands for its ``__getitem__``: defined, and not
+    inherited past a subclass that overrides ``__getitem__`` (whose additions it would miss)."""
+    cls = type(dataset)
+    if not callable(getattr(cls, "get_batch", None)):
+        return False
+    def owner(name: str) -> type:
+        return next(c for c in cls.__mro__ if name in c.__dict__)
+    return issubclass(owner("get_batch"), owner("__getitem__"))
 
 
 class BatchedView(Dataset):

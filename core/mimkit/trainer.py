@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .api import build_dataset, build_model, load_state
 from .config import OptimConfig, Recipe, TrainConfig, dump, resolve
-from .data import BatchedView, SeededDataset, collate, epoch_batches, seed_for
+from .data import BatchedView, SeededDataset, collate, epoch_batches, has_batch_path, seed_for
 from .errors import MimkitError
 from .evaluation.knn import knn_predict
 from .plugins import registry as get_registry
@@ -558,7 +558,7 @@ class _OnlineKNN:
     def _features(self, model: torch.nn.Module, ds) -> tuple[torch.Tensor, torch.Tensor]:
         feats, labels = [], []
         base = getattr(ds, "dataset", None)  # a Subset: its first items, batched when the dataset can
-        if callable(getattr(base, "get_batch", None)):
+        if base is not None and has_batch_path(base):
             idx = list(ds.indices)
             batches = (base.get_batch(idx[k:k + 256], [0] * len(idx[k:k + 256])) for k in range(0, len(idx), 256))
         else:
