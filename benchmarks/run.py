@@ -427,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     ap.add_argument("--sections", default="throughput,best,table2,flops,scaling,memory,profile",
                     help="comma-separated subset to run (flops needs throughput and best)")
+    ap.add_argument("--time-limit", type=float, default=0.0,
+                    help="seconds: sections not started by then are skipped (0: no limit; a lent GPU: 480)")
     ap.add_argument("--readme", action="store_true", help="also write the tables into benchmarks/README.md")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     ap.add_argument("--compile-child", help=argparse.SUPPRESS)
@@ -449,24 +451,39 @@ def main(argv: list[str] | None = None) -> int:
     sections = set(args.sections.split(","))
     res: dict[str, Any] = {"quick": args.quick, "machine": machine(args.device, args.threads), "plan": plan.__dict__}
     t_start = time.perf_counter()
-    if "throughput" in sections:
+    skipped: list[str] = []
+
+    def run(name: str) -> bool:
+        """Whether to run section ``name``: asked for, and started before --time-limit is spent
+        (a section started in time finishes; later ones are listed as skipped)."""
+        if name not in sections:
+            return False
+        if args.time_limit and time.perf_counter() - t_start > args.time_limit:
+            skipped.append(name)
+            return False
+        return True
+
+    if run("throughput"):
         log("throughput")
         res["throughput"] = section_throughput(plan, base)
-    if "best" in sections:
+    if run("best"):
         log("best settings")
         res["best"] = section_best(plan, base, args)
-    if "table2" in sections:
+    if run("table2"):
         res["table2"] = section_table2(plan, base)
-    if {"flops", "best", "throughput"} <= sections:
+    if {"flops", "best", "throughput"} <= sections and "throughput" in res and "best" in res and run("flops"):
         log("flops")
         res["flops"] = section_flops(plan, base, res["throughput"], res["best"])
-    if "scaling" in sections:
+    if run("scaling"):
         res["scaling"] = section_scaling(plan, base)
-    if "memory" in sections:
+    if run("memory"):
         res["memory"] = section_memory(plan, base, args.threads)
-    if "profile" in sections:
+    if run("profile"):
         log("profile")
         res["profile"] = section_profile(plan, base)
+    res["skipped_sections"] = skipped
+    if skipped:
+        log(f"time limit {args.time_limit:.0f} s reached: skipped {', '.join(skipped)}")
     res["goals"] = goals(res)
     res["machine"]["load_avg_end"] = list(os.getloadavg())
     res["wall_s"] = time.perf_counter() - t_start

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up if needed, then pretrain the tiny MAE on Fashion-MNIST (about 5 minutes on 2 CPU cores).
+# Set up if needed, then pretrain the tiny MAE on Fashion-MNIST (about 4 minutes on 2 CPU cores with native bf16, about 13 fp32-only).
 # Writes runs/demo/: recipe.yaml, meta.json, metrics.jsonl, tensorboard/, checkpoints/,
 # loss_curve.png, reconstructions.png.
 set -euo pipefail

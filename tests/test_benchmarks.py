@@ -54,3 +54,38 @@ def test_quick_benchmark_writes_complete_results(tmp_path: Path, subprocess_env:
     mem = res["memory"]["results"]
     assert _positive(mem["mimkit"]["peak_mb"]) and _positive(mem["mimkit_grad_checkpointing"]["peak_mb"])
     assert res["profile"] and all(res["profile"].values())
+
+
+def test_time_limit_skips_the_sections_not_started(tmp_path: Path, subprocess_env: dict) -> None:
+    out = tmp_path / "limited"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out), "--time-limit", "0.001",
+         "--sections", "throughput,scaling,profile"],
+        capture_output=True, text=True, timeout=300, env=subprocess_env, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert "throughput" in res and res["skipped_sections"] == ["scaling", "profile"]
+
+
+def test_demo_profile_and_end_to_end_scripts_run(tmp_path: Path, subprocess_env: dict) -> None:
+    """The demo profile's phases add up to its step; e2e.py reports every subject it ran."""
+    import importlib.util
+
+    md = tmp_path / "profile.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "demo_profile.py"), "--steps", "1", "--threads", "1",
+         "--set", "train.batch_size=8", "--out", str(md)],
+        capture_output=True, text=True, timeout=300, env=subprocess_env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r.split("|")[1].strip(): r.split("|")[2].strip() for r in md.read_text().splitlines() if r.startswith("| ")}
+    parts = sum(float(rows[k]) for k in ("data", "collate", "forward", "backward", "optimizer"))
+    assert abs(parts - float(rows["**whole step**"].strip("*"))) < 0.05 * parts
+    subjects = "mimkit,mimkit_per_sample" + (",lightly" if importlib.util.find_spec("lightly") else "")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "e2e.py"), "--rounds", "1", "--steps", "1", "--batch", "4",
+         "--threads", "1", "--subjects", subjects],
+        capture_output=True, text=True, timeout=300, env=subprocess_env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in subjects.split(","):
+        assert f"| {name} | 3.12 |" in proc.stdout, proc.stdout

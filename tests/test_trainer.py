@@ -160,11 +160,12 @@ def test_bf16_autocast_trains_close_to_fp32(tmp_path):
     assert l16[-1] < l16[0] and l16 == pytest.approx(l32, rel=0.03)
 
 
-def test_online_knn_is_logged_and_plotted(tmp_path):
+def test_online_knn_is_logged_and_plotted(tmp_path, capsys):
     run = mimkit.train(tiny_recipe(tmp_path, "knn", epochs=1, knn_every=4, knn_train=128, knn_test=8, visualize=True))
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     knn = [r["knn_top1"] for r in rows if "knn_top1" in r]
     assert len(knn) == 2 and all(0.0 <= v <= 1.0 for v in knn)
+    assert f"online k-NN top-1 at step 8: {knn[-1]:.1%} (8 held-out images" in capsys.readouterr().out
     assert (run / "loss_curve.png").stat().st_size > 1000 and (run / "reconstructions.png").is_file()
 
 

@@ -141,11 +141,14 @@ class TrainConfig:
     mixed_precision: str | bool = attrs.field(default="no", converter=lambda v: "no" if v is False else v,
                                               validator=one_of("no", "bf16", "fp16", "auto"))  # auto: bf16 where native
     num_workers: int = attrs.field(default=0, validator=in_range(0))
+    batched_data: bool = True  # the dataset's get_batch fast path when it has one (per-sample seeded)
     log_every: int = attrs.field(default=10, validator=positive)
     ckpt_every: int = attrs.field(default=500, validator=positive)  # optimizer steps
     keep_last: int = attrs.field(default=2, validator=in_range(1, why=" (the newest checkpoint is always kept)"))
     nonfinite: str = attrs.field(default="stop", validator=one_of("stop", "skip"))
-    compile: bool = False
+    # torch.compile of the model: "auto" = on CUDA only (on the CPU it did not pay back within the demo)
+    compile: bool | str = attrs.field(default="auto", validator=one_of(True, False, "auto"))
+    attention: str = attrs.field(default="auto", validator=one_of("auto", "math", "flash", "efficient", "cudnn"))
     grad_checkpointing: bool = False
     deterministic: bool = True
     visualize: bool = True

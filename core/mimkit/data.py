@@ -64,6 +64,30 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    @property
+    def batched(self) -> bool:
+        """Whether the dataset has the batched fast path ``get_batch(indices, seeds)``."""
+        return has_batch_path(self.dataset)
+
+    def get_batch(self, indices: list[int]) -> dict[str, Any]:
+        """A collated batch: the dataset's ``get_batch`` with each sample's seed (stream 0, as in
+        ``__getitem__``), plus ``index`` and the per-sample ``mask_noise`` (stream 1)."""
+        indices = [int(i) for i in indices]
+        # One intra-op thread: the batch's ops are small, and OpenMP's spinning second thread made
+        # them 5-10x slower on a loaded 2-core machine (benchmarks/README.md, the demo step).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            batch = dict(self.dataset.get_batch(indices, [seed_for(self.seed, self.epoch, i, 0) for i in indices]))
+            batch["index"] = torch.tensor(indices)
+            if self.noise_fn is not None:
+                batch["mask_noise"] = torch.stack([
+                    self.noise_fn(torch.Generator().manual_seed(seed_for(self.seed, self.epoch, i, 1))) for i in indices])
+        finally:
+            torch.set_num_threads(threads)
+        batch["_skipped"] = []
+        return batch
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_for(self.seed, self.epoch, i, 0))
@@ -74,6 +98,31 @@ class SeededDataset(Dataset):
         if self.noise_fn is not None:
             item["mask_noise"] = self.noise_fn(torch.Generator().manual_seed(seed_for(self.seed, self.epoch, i, 1)))
         return item
+
+
+def has_batch_path(dataset: Any) -> bool:
+    """Whether ``dataset.get_batch(indices, seeds)`` stands for its ``__getitem__``: defined, and not
+    inherited past a subclass that overrides ``__getitem__`` (whose additions it would miss)."""
+    cls = type(dataset)
+    if not callable(getattr(cls, "get_batch", None)):
+        return False
+    def owner(name: str) -> type:
+        return next(c for c in cls.__mro__ if name in c.__dict__)
+    return issubclass(owner("get_batch"), owner("__getitem__"))
+
+
+class BatchedView(Dataset):
+    """``view[indices]`` is a whole collated batch from the dataset's ``get_batch`` fast path: a
+    DataLoader over it (``batch_size=None``, the batches as sampler) skips per-item collation."""
+
+    def __init__(self, seeded: "SeededDataset"):
+        self.seeded = seeded
+
+    def __len__(self) -> int:
+        return len(self.seeded)
+
+    def __getitem__(self, indices: list[int]) -> dict[str, Any]:
+        return self.seeded.get_batch(indices)
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

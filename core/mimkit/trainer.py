@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .api import build_dataset, build_model, held_out_dataset, load_state
 from .config import OptimConfig, Recipe, TrainConfig, dump, resolve, yaml_load
-from .data import SeededDataset, collate, epoch_batches, seed_for
+from .data import BatchedView, SeededDataset, collate, epoch_batches, has_batch_path, seed_for
 from .errors import CheckpointError, ConfigError, DataError, MimkitError
 from .evaluation.knn import knn_predict
 from .plugins import registry as get_registry
@@ -89,6 +89,28 @@ def resolve_precision(value: str) -> str:
         return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
     except (AttributeError, RuntimeError):
         return "no"
+
+
+def fast_path(tc: TrainConfig, optimizer: torch.optim.Optimizer, device: torch.device) -> dict[str, Any]:
+    """The speed levers chosen at run time (recorded in meta.json; each has a recipe switch):
+    ``train.compile`` (auto: CUDA only), ``optim.impl`` (auto: fused AdamW/SGD), ``train.attention``
+    (auto: torch's SDPA dispatch, i.e. flash/memory-efficient kernels on CUDA, the CPU flash kernel)."""
+    d = optimizer.defaults
+    impl = "fused" if d.get("fused") else ("foreach" if d.get("foreach") else "for-loop")
+    compile_ = device.type == "cuda" if tc.compile == "auto" else bool(tc.compile)
+    return {"compile": compile_, "optimizer": impl, "attention": tc.attention}
+
+
+def attention_backend(name: str):
+    """A context forcing one SDPA backend, or a no-op for ``auto``."""
+    import contextlib
+
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel({"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
+                        "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[name])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +437,8 @@ class _Run:
         self.ckpt_dir, self.metrics_file = run_dir / "checkpoints", run_dir / "metrics.jsonl"
         self.main, self.world, self.rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
         optimizer = make_optimizer(model, self.oc, lr=0.0)
-        if self.tc.compile:
+        self.fast = fast_path(self.tc, optimizer, accelerator.device)
+        if self.fast["compile"]:
             model = torch.compile(model)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         core = accelerator.unwrap_model(self.model)
@@ -423,6 +446,8 @@ class _Run:
         if hasattr(self.core, "set_schedule"):
             self.core.set_schedule(plan.total_steps, plan.steps_per_epoch)
         self.state = RunState()
+        self.data_path = "per-sample"  # or "batched" (train.batched_data and a dataset with get_batch)
+        self.knn_last: tuple[int, float, int] | None = None  # (step, top-1, queries) of the last probe
 
     # -- restore and save ---------------------------------------------------------------------
 
@@ -476,7 +501,7 @@ class _Run:
                      "changes": {k: list(v) for k, v in self.changes.items()}}, default=str) + "\n", "a")
             meta = run_metadata(self.recipe, self.accelerator) | {
                 "total_steps": p.total_steps, "peak_lr": p.peak_lr, "effective_batch": p.effective_batch,
-                "steps_per_epoch": p.steps_per_epoch}
+                "steps_per_epoch": p.steps_per_epoch, "fast_path": self.fast | {"data": self.data_path}}
             _write(self.run_dir / "meta.json", json.dumps(meta, indent=1, default=str))
         self.accelerator.init_trackers("tensorboard")
 
@@ -531,8 +556,12 @@ class _Run:
         # A loader of its own generator: creating the iterator would otherwise draw from the global
         # RNG (drop path, dropout), at a different point on resume than in the uninterrupted run.
         own = torch.Generator().manual_seed(seed_for(self.recipe.seed, s.epoch, self.rank, 4))
+        pin = self.accelerator.device.type == "cuda"
+        if self.tc.batched_data and seeded.batched:  # one get_batch call per batch (mimkit.batchaug)
+            return DataLoader(BatchedView(seeded), batch_size=None, sampler=batches[s.micro:], generator=own,
+                              num_workers=self.tc.num_workers, pin_memory=pin)
         return DataLoader(seeded, batch_sampler=batches[s.micro:], collate_fn=collate, generator=own,
-                          num_workers=self.tc.num_workers, pin_memory=self.accelerator.device.type == "cuda")
+                          num_workers=self.tc.num_workers, pin_memory=pin)
 
     def train_step(self, batch: dict, ctx: Context) -> bool:
         """Forward, backward and (at the accumulation boundary) the optimizer step of one
@@ -545,7 +574,7 @@ class _Run:
                             f"{skipped[0] if skipped else '?'}); bad_data: skip cannot train on nothing: check the data")
         batch = {k: (v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         ctx.step, ctx.epoch = s.step, s.epoch
-        with acc.accumulate(self.model):
+        with acc.accumulate(self.model), attention_backend(self.tc.attention):
             out = self.model(batch, ctx)
             finite = True
             if self.tc.nonfinite == "skip":  # every rank must agree before anyone skips backward
@@ -612,6 +641,7 @@ class _Run:
                 probe.disable(f"it failed: {type(exc).__name__}: {exc}")
                 self.accelerator.wait_for_everyone()
                 return
+            self.knn_last = (self.state.step, top1, len(probe.queries))
             _write(self.metrics_file, json.dumps({"step": self.state.step, "knn_top1": top1}) + "\n", "a")
             self.accelerator.log({"knn_top1": top1}, step=self.state.step)
         self.accelerator.wait_for_everyone()
@@ -648,6 +678,9 @@ class _Run:
             except Exception as exc:  # noqa: BLE001  (reported, never raised)
                 print(f"warning: the end-of-run pictures failed ({type(exc).__name__}: {exc}); the run finished "
                       f"and its checkpoint is saved in {self.ckpt_dir}", file=sys.stderr)
+        if self.knn_last is not None:
+            step, top1, n = self.knn_last
+            print(f"online k-NN top-1 at step {step}: {top1:.1%} ({n} held-out images, k=20)")
 
 
 def train(
@@ -687,6 +720,7 @@ def _train(recipe: Recipe, accelerator: Accelerator, model: torch.nn.Module, dat
     tc = recipe.train
     seeded = SeededDataset(dataset, recipe.seed, getattr(getattr(model, "masker", None), "sample_noise", None))
     run = _Run(recipe, accelerator, model, plan, run_dir, allow_optim_change)
+    run.data_path = "batched" if tc.batched_data and seeded.batched else "per-sample"
     if resume:
         run.restore()
     if not resume or run.state.step == 0:
@@ -711,7 +745,7 @@ def _train(recipe: Recipe, accelerator: Accelerator, model: torch.nn.Module, dat
                 last_step = s.step >= plan.total_steps
                 if (s.step % tc.log_every == 0 or last_step) and s.count:
                     run.log_window(bar)
-                if tc.knn_every and s.step % tc.knn_every == 0:
+                if tc.knn_every and (s.step % tc.knn_every == 0 or last_step):
                     run.probe_knn(probe)
                 run.end_epoch_if_done()
                 stop_now = run.stop_requested(stop)
@@ -762,7 +796,13 @@ class _OnlineKNN:
     @torch.no_grad()
     def _features(self, model: torch.nn.Module, ds) -> tuple[torch.Tensor, torch.Tensor]:
         feats, labels = [], []
-        for batch in DataLoader(ds, batch_size=256, collate_fn=collate):
+        base = getattr(ds, "dataset", None)  # a Subset: its first items, batched when the dataset can
+        if base is not None and has_batch_path(base):
+            idx = list(ds.indices)
+            batches = (base.get_batch(idx[k:k + 256], [0] * len(idx[k:k + 256])) for k in range(0, len(idx), 256))
+        else:
+            batches = DataLoader(ds, batch_size=256, collate_fn=collate)
+        for batch in batches:
             feats.append(model.features(batch["image"].to(self.device)).float().cpu())
             labels.append(batch["label"])
         return torch.cat(feats), torch.cat(labels)

@@ -67,6 +67,7 @@ class FashionMNIST(Dataset):
         mean, std = FASHION_MNIST_MEAN * config.channels, FASHION_MNIST_STD * config.channels
         self.mean, self.std = mean, std
         self.transform = _augment(config.img_size, config.crop_scale, config.flip, mean, std, train)
+        self.transform_train = train
 
     @staticmethod
     def _find(root: str | None) -> Path:
@@ -97,6 +98,25 @@ class FashionMNIST(Dataset):
         if self.config.channels == 3:
             img = img.expand(3, -1, -1)
         return {"image": self.transform(img), "label": int(self.labels[i])}
+
+    def get_batch(self, indices: list[int], seeds: list[int]) -> dict[str, Any]:
+        """The batched fast path (:mod:`mimkit.batchaug`): the same augmentation as ``__getitem__``
+        for a whole batch, each sample's crop and flip drawn from its own seed."""
+        from .. import batchaug
+
+        c = self.config
+        pad = max(0, (c.img_size - 28) // 2)
+        img = torch.nn.functional.pad(self.images[indices], (pad, pad, pad, pad)).unsqueeze(1).float().div_(255)
+        if self.transform_train:
+            boxes = batchaug.crop_boxes(seeds, img.shape[-2], img.shape[-1], tuple(c.crop_scale), flip=c.flip)
+            img = batchaug.resized_crops(img, boxes, c.img_size)
+        elif img.shape[-1] != c.img_size:
+            img = torch.nn.functional.interpolate(img, size=(c.img_size, c.img_size), mode="bicubic",
+                                                  antialias=True, align_corners=False)
+        img = batchaug.normalize(img, self.mean[:1], self.std[:1])
+        if c.channels == 3:
+            img = img.expand(-1, 3, -1, -1).contiguous()
+        return {"image": img, "label": self.labels[indices]}
 
 
 def _held_out(samples: list[tuple[Path, int]], root: Path, fraction: float) -> set[int]:
