@@ -107,13 +107,14 @@ def pretrain(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     preset = method + SUFFIX
     name = f"{method}_seed{seed}"
     base = resolve({"method": preset})
-    n_data = min(60000, int(base.data.get("limit") or 60000))
+    data, key = (base.data, "data") if "base" not in base.data else (base.data["base"], "data.base")  # wrapped views
+    n_data = min(60000, int(data.get("limit") or 60000))
     batch = base.train.batch_size
     overrides = [f"name={name}", f"output_dir={args.out / 'runs'}", f"seed={seed}", "train.progress=false",
                  "train.visualize=false"]
     if args.quick:
         n_data, batch = min(n_data, 256), 32
-        overrides += [f"data.limit={n_data}", f"train.batch_size={batch}"]
+        overrides += [f"{key}.limit={n_data}", f"train.batch_size={batch}"]
     steps = max(1, math.ceil(args.budget / batch))
     overrides += [f"train.epochs={args.budget / n_data:g}", f"train.max_steps={steps}", f"train.ckpt_every={steps}"]
     t0 = time.perf_counter()
