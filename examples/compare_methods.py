@@ -266,6 +266,9 @@ def table(res: dict, methods: list[str] | None = None) -> str:
         ok = [p for p in pres if p and "error" not in p]
         errors = [r["error"] for s in seeds.values() for r in s.values() if "error" in r]
         enc = next((p["encoder_params"] for p in ok if p.get("encoder_params")), None)
+        if m == RANDOM:  # the architecture of RANDOM_ARCH, when that method ran
+            arch = [s.get("pretrain") or {} for s in res.get(RANDOM_ARCH[: -len(SUFFIX)], {}).values()]
+            enc = next((a["encoder_params"] for a in arch if a.get("encoder_params")), None)
         row = [m if not errors else f"{m} ({len(errors)} failed)", str(len(seeds)),
                f"{enc / 1e6:.2f}" if enc else "–",
                str(ok[0]["images_seen"]) if ok else ("0" if m == RANDOM else "–"),
