@@ -1,0 +1,384 @@
+"""One table for every installed image method: same data, same pretraining budget, same protocols.
+
+    .venv/bin/python examples/compare_methods.py                       # the full comparison (hours; resumable)
+    .venv/bin/python examples/compare_methods.py --methods mae supmae random --seeds 0
+    .venv/bin/python examples/compare_methods.py --quick --out runs/compare_quick   # smoke scale (~1 min/method)
+
+Methods: every registered preset whose name contains ``tiny_fashion_mnist`` (the method is the
+preset name without that suffix), plus ``random`` (the encoder of ``mae_tiny_fashion_mnist`` with a
+fresh seeded initialization, not pretrained).
+
+Budget: the same number of **pretraining images seen** (``--budget``, default 240,000 = 4 epochs of
+Fashion-MNIST, the tiny presets' own length). Each preset keeps its own batch size, schedule shape,
+masking, targets and loss weights (its paper's recipe scaled down by its plugin: the rule is "the
+tiny preset as shipped"); only the length changes: ``train.epochs = budget / len(train data)`` and
+``train.max_steps = ceil(budget / batch)``. Images seen, not wall-clock, because this machine is
+shared and its speed varies by 10x with the load: a wall-clock budget would measure the neighbours.
+Methods with two views per image (CMAE, Siamese MIM, ...) count one image per dataset item; their
+extra cost shows in the images/s and minutes columns instead.
+
+Per (method, seed): pretraining (seed = the recipe seed), then k-NN and the linear probe on frozen
+[CLS] features and end-to-end fine-tuning, each at 1% and 10% of the labels (class-balanced split,
+split seed = seed), and the occlusion-invariance measure of ``plugins/siamese_mim`` when that plugin
+is installed. One JSON per (method, seed, protocol) under ``OUT/results/METHOD/seedS/``; a result that
+exists is never recomputed (``--retry-errors`` re-runs the failed ones). The Markdown table is
+regenerated between the markers ``<!-- compare:begin -->`` / ``<!-- compare:end -->`` of ``--readme``
+and the plot (accuracy vs pretraining minutes, one marker per method) goes to ``OUT/compare.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import mimkit
+from mimkit import evaluate as ev
+from mimkit.config import resolve
+from mimkit.plugins import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+SUFFIX = "_tiny_fashion_mnist"
+RANDOM = "random"
+RANDOM_ARCH = "mae" + SUFFIX  # the architecture of the random-init baseline
+BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
+FRACTIONS = (0.01, 0.1)
+
+
+def discover() -> list[str]:
+    """Installed methods with a tiny Fashion-MNIST preset, plus the random-init baseline."""
+    presets = registry().components["presets"]
+    return sorted(n[: -len(SUFFIX)] for n in presets if n.endswith(SUFFIX)) + [RANDOM]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretraining cost
+
+
+class PeakRSS:
+    """Peak resident memory (MiB) of this process while the block runs (sampled every 50 ms);
+    on a GPU, the peak allocated CUDA memory as well."""
+
+    def __enter__(self) -> "PeakRSS":
+        self.peak, self._stop = self._rss(), threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    @staticmethod
+    def _rss() -> float:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+        self.cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def _count(module: torch.nn.Module | None) -> int | None:
+    return None if module is None else sum(p.numel() for p in module.parameters())
+
+
+def pretrain(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train ``METHOD_tiny_fashion_mnist`` for the budget; the record (cost + run folder)."""
+    preset = method + SUFFIX
+    name = f"{method}_seed{seed}"
+    base = resolve({"method": preset})
+    data, key = (base.data, "data") if "base" not in base.data else (base.data["base"], "data.base")  # wrapped views
+    n_data = min(60000, int(data.get("limit") or 60000))
+    batch = base.train.batch_size
+    overrides = [f"name={name}", f"output_dir={args.out / 'runs'}", f"seed={seed}", "train.progress=false",
+                 "train.visualize=false"]
+    if args.quick:
+        n_data, batch = min(n_data, 256), 32
+        overrides += [f"{key}.limit={n_data}", f"train.batch_size={batch}"]
+    steps = max(1, math.ceil(args.budget / batch))
+    overrides += [f"train.epochs={args.budget / n_data:g}", f"train.max_steps={steps}", f"train.ckpt_every={steps}"]
+    t0 = time.perf_counter()
+    with PeakRSS() as mem:
+        run = mimkit.train({"method": preset}, overrides=overrides, overwrite=True)
+    seconds = time.perf_counter() - t0
+    model = ev.load_source(run)
+    return {"protocol": "pretrain", "method": method, "preset": preset, "seed": seed, "run": str(run),
+            "images_seen": steps * batch, "budget_images": args.budget, "steps": steps, "batch_size": batch,
+            "seconds": round(seconds, 2), "minutes": round(seconds / 60, 3),
+            "images_per_s": round(steps * batch / seconds, 2), "peak_rss_mib": round(mem.peak, 1),
+            "peak_cuda_mib": mem.cuda_peak, "encoder_params": _count(getattr(model, "encoder", None)),
+            "total_params": _count(model), "overrides": overrides}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluations
+
+
+def source_of(method: str, seed: int, args: argparse.Namespace, pre: dict | None) -> tuple[str, str]:
+    """(source, init) of the protocols: the pretrained run, or the random-init architecture recipe."""
+    if method == RANDOM:
+        arch = args.out / "random_arch.yaml"
+        if not arch.exists():
+            arch.parent.mkdir(parents=True, exist_ok=True)
+            arch.write_text(f"method: {RANDOM_ARCH}\n")
+        return str(arch), "random"
+    return pre["run"], "pretrained"
+
+
+def jobs(method: str, seed: int, args: argparse.Namespace) -> list[tuple[str, Callable[[dict | None], dict]]]:
+    """(file stem, function of the pretraining record) of every evaluation of one (method, seed)."""
+    lt, lte = args.limit_train, args.limit_test
+    out: list[tuple[str, Callable[[dict | None], dict]]] = []
+    for f in FRACTIONS:
+        common = {"seed": seed, "labels_fraction": f, "split_seed": seed, "limit_train": lt, "limit_test": lte}
+
+        def knn(pre, common=common):
+            src, init = source_of(method, seed, args, pre)
+            return ev.knn(src, init=init, **common)
+
+        def lp(pre, common=common):
+            src, init = source_of(method, seed, args, pre)
+            return ev.linprobe(src, init=init, epochs=args.lp_epochs, warmup_epochs=max(1, args.lp_epochs // 9),
+                               **common)
+
+        def ft(pre, common=common, f=f):
+            src, init = source_of(method, seed, args, pre)
+            epochs = args.ft_epochs[FRACTIONS.index(f)]
+            return ev.finetune(src, init=init, epochs=epochs, blr=args.ft_blr, mixup=0.0, cutmix=0.0,
+                               warmup_epochs=max(1, epochs // 10) if epochs > 1 else 0.5, **common)
+
+        out += [(f"knn_frac{f:g}", knn), (f"linprobe_frac{f:g}", lp), (f"finetune_frac{f:g}", ft)]
+    if "occlusion" in registry().components["protocols"]:
+        def occ(pre):
+            src, init = source_of(method, seed, args, pre)
+            proto = registry().get("protocols", "occlusion")
+            cfg = proto.Config(num_images=args.occlusion_images, seed=seed,
+                               plot=str(args.out / "results" / method / f"seed{seed}" / "occlusion.png"))
+            return proto(cfg)([src if init == "pretrained" else f"random:{src}"])
+        out.append(("occlusion", occ))
+    return out
+
+
+def run_one(path: Path, fn: Callable[[], dict], args: argparse.Namespace, log: list[str]) -> dict:
+    """The record at ``path``: read when it exists (a failed one is re-run with --retry-errors),
+    else computed and written; an exception becomes an error record, so one broken method does not
+    stop the others."""
+    if path.exists():
+        rec = json.loads(path.read_text())
+        if not ("error" in rec and args.retry_errors):
+            log.append(f"skip {path}")
+            return rec
+    log.append(f"run  {path}")
+    print(f"[compare] {path}", flush=True)
+    try:
+        rec = fn()
+    except Exception as e:  # noqa: BLE001 - recorded and shown in the table
+        rec = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        print(f"[compare]   FAILED: {rec['error']}", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec, indent=1, default=str))
+    return rec
+
+
+def run_method(method: str, seed: int, args: argparse.Namespace, log: list[str]) -> None:
+    folder = args.out / "results" / method / f"seed{seed}"
+    pre = None
+    if method != RANDOM:
+        pre = run_one(folder / "pretrain.json", lambda: pretrain(method, seed, args), args, log)
+        if "error" in pre:
+            return
+    for stem, fn in jobs(method, seed, args):
+        run_one(folder / f"{stem}.json", lambda fn=fn: fn(pre), args, log)
+
+
+# ---------------------------------------------------------------------------------------------
+# Table, README, plot
+
+
+def load_results(out: Path) -> dict[str, dict[int, dict[str, dict]]]:
+    res: dict[str, dict[int, dict[str, dict]]] = {}
+    for p in sorted((out / "results").glob("*/seed*/*.json")):
+        res.setdefault(p.parent.parent.name, {}).setdefault(int(p.parent.name[4:]), {})[p.stem] = json.loads(p.read_text())
+    return res
+
+
+def _occlusion_value(rec: dict) -> float | None:
+    try:
+        return rec["runs"][0]["masked"]["0.75"]["normalized"]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def _value(rec: dict | None, key: str) -> float | None:
+    if rec is None or "error" in rec:
+        return None
+    if key == "occlusion":
+        return _occlusion_value(rec)
+    v = rec.get(key)
+    return None if v is None else float(v)
+
+
+def _cell(vals: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    if not vals:
+        return "–"
+    m = statistics.mean(vals) * scale
+    if len(vals) == 1:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {statistics.stdev(vals) * scale:.{digits}f}"
+
+
+COLUMNS = [("kNN 1%", "knn_frac0.01", "top1", 100), ("kNN 10%", "knn_frac0.1", "top1", 100),
+           ("LP 1%", "linprobe_frac0.01", "top1", 100), ("LP 10%", "linprobe_frac0.1", "top1", 100),
+           ("FT 1%", "finetune_frac0.01", "top1", 100), ("FT 10%", "finetune_frac0.1", "top1", 100),
+           ("occl. inv. 75%", "occlusion", "occlusion", 1)]
+
+
+def table(res: dict, methods: list[str] | None = None) -> str:
+    """Markdown, one row per method: cost, then mean ± std over the seeds of every protocol."""
+    head = ["method", "seeds", "enc. params (M)", "images seen", "img/s", "minutes", "peak RSS (MiB)"]
+    head += [c[0] for c in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods or sorted(res, key=lambda k: (k == RANDOM, k)):
+        seeds = res.get(m, {})
+        if not seeds:
+            continue
+        pres = [s.get("pretrain") for s in seeds.values()]
+        ok = [p for p in pres if p and "error" not in p]
+        errors = [r["error"] for s in seeds.values() for r in s.values() if "error" in r]
+        enc = next((p["encoder_params"] for p in ok if p.get("encoder_params")), None)
+        if m == RANDOM:  # the architecture of RANDOM_ARCH, when that method ran
+            arch = [s.get("pretrain") or {} for s in res.get(RANDOM_ARCH[: -len(SUFFIX)], {}).values()]
+            enc = next((a["encoder_params"] for a in arch if a.get("encoder_params")), None)
+        row = [m if not errors else f"{m} ({len(errors)} failed)", str(len(seeds)),
+               f"{enc / 1e6:.2f}" if enc else "–",
+               str(ok[0]["images_seen"]) if ok else ("0" if m == RANDOM else "–"),
+               _cell([p["images_per_s"] for p in ok], digits=0) if ok else "–",
+               _cell([p["minutes"] for p in ok], digits=2) if ok else ("0" if m == RANDOM else "–"),
+               _cell([p["peak_rss_mib"] for p in ok], digits=0) if ok else "–"]
+        for _, stem, key, scale in COLUMNS:
+            vals = [v for s in seeds.values() if (v := _value(s.get(stem), key)) is not None]
+            row.append(_cell(vals, scale, 1 if scale == 100 else 3))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_readme(readme: Path, md: str, header: str) -> None:
+    """Replace the text between the markers (appended with the markers when absent)."""
+    block = f"{BEGIN}\n{header}\n\n{md}\n{END}"
+    text = readme.read_text() if readme.exists() else ""
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
+    readme.write_text(text)
+
+
+def plot(res: dict, path: Path, stem: str = "linprobe_frac0.1") -> Path | None:
+    """Accuracy (``stem``'s top-1, mean over seeds) vs pretraining minutes, one marker per method."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    markers = "os^vD<>pPXh*8d"
+    for i, m in enumerate(sorted(res, key=lambda k: (k == RANDOM, k))):
+        seeds = res[m].values()
+        acc = [v for s in seeds if (v := _value(s.get(stem), "top1")) is not None]
+        mins = [s["pretrain"]["minutes"] for s in seeds if "pretrain" in s and "error" not in s["pretrain"]]
+        if not acc:
+            continue
+        x = statistics.mean(mins) if mins else 0.0
+        ax.scatter([x], [100 * statistics.mean(acc)], marker=markers[i % len(markers)], s=60, label=m)
+    ax.set_xlabel("pretraining minutes (this machine)")
+    ax.set_ylabel(f"{stem.replace('_frac', ' @ ')} labels: top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", nargs="+", default=None, help="default: every installed method + random")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--budget", type=int, default=None, help="pretraining images seen (default 240000; quick: 64)")
+    p.add_argument("--out", type=Path, default=Path("runs/compare"))
+    p.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README whose marked section is regenerated")
+    p.add_argument("--limit-train", type=int, default=None, help="labelled pool: the first N training items")
+    p.add_argument("--limit-test", type=int, default=None)
+    p.add_argument("--lp-epochs", type=int, default=90)
+    p.add_argument("--ft-epochs", type=int, nargs=2, default=[30, 5], help="fine-tuning epochs at 1%% and 10%%")
+    p.add_argument("--ft-blr", type=float, default=5e-3)
+    p.add_argument("--occlusion-images", type=int, default=512)
+    p.add_argument("--retry-errors", action="store_true")
+    p.add_argument("--quick", action="store_true", help="tiny budget and eval subsets: a smoke test")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.budget = args.budget or 64
+        args.limit_train, args.limit_test = args.limit_train or 500, args.limit_test or 100
+        args.lp_epochs, args.ft_epochs, args.occlusion_images = 3, [1, 1], 32
+    args.budget = args.budget or 240_000
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    installed = discover()
+    methods = args.methods or installed
+    unknown = [m for m in methods if m not in installed]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; installed: {installed}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    log: list[str] = []
+    t0 = time.perf_counter()
+    for m in methods:
+        for s in args.seeds:
+            run_method(m, s, args, log)
+    res = load_results(args.out)
+    md = table(res, [m for m in methods if m in res])
+    scale = "SMOKE-SCALE (--quick)" if args.quick else "full"
+    header = (f"Fashion-MNIST test top-1 (%), mean ± std over seeds {args.seeds} ({scale} run: pretraining budget "
+              f"{args.budget} images seen; labelled pool {args.limit_train or 60000}, test items "
+              f"{args.limit_test or 10000}). Generated by `examples/compare_methods.py "
+              f"{' '.join(argv if argv is not None else sys.argv[1:])}`.")
+    (args.out / "table.md").write_text(header + "\n\n" + md + "\n")
+    write_readme(args.readme, md, header)
+    png = plot(res, args.out / "compare.png")
+    (args.out / "log.txt").write_text("\n".join(log) + "\n")
+    print(header + "\n\n" + md)
+    ran = sum(1 for x in log if x.startswith("run"))
+    print(f"[compare] {ran} computed, {len(log) - ran} skipped, {time.perf_counter() - t0:.0f} s; plot {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Smoke test of examples/compare_methods.py --quick: two methods + random init, one JSON per
+(method, seed, protocol), the table rows, the README section between markers, and a second
+invocation that recomputes nothing."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "examples" / "compare_methods.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("compare_methods", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_discovery_finds_the_tiny_presets():
+    cm = _module()
+    methods = cm.discover()
+    assert methods[-1] == "random"
+    assert "mae" in methods and "supmae" in methods
+    assert all(not m.endswith(cm.SUFFIX) for m in methods)
+
+
+def test_readme_section_is_replaced_not_duplicated(tmp_path):
+    cm = _module()
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\nbefore\n")
+    cm.write_readme(readme, "| a |\n|---|\n| 1 |", "first")
+    cm.write_readme(readme, "| a |\n|---|\n| 2 |", "second")
+    text = readme.read_text()
+    assert text.count(cm.BEGIN) == 1 and text.count(cm.END) == 1
+    assert "second" in text and "| 2 |" in text and "| 1 |" not in text and text.startswith("# title\n\nbefore")
+
+
+def test_quick_run_writes_results_and_resumes(tmp_path, monkeypatch):
+    cm = _module()
+    pytest.importorskip("mimkit_mae")
+    pytest.importorskip("mimkit_supmae")
+    out, readme = tmp_path / "cmp", tmp_path / "README.md"
+    readme.write_text("# x\n")
+    argv = ["--quick", "--methods", "mae", "supmae", "random", "--seeds", "0", "--out", str(out),
+            "--readme", str(readme), "--limit-test", "50"]
+    assert cm.main(argv) == 0
+
+    stems = {"knn_frac0.01", "knn_frac0.1", "linprobe_frac0.01", "linprobe_frac0.1", "finetune_frac0.01",
+             "finetune_frac0.1"}
+    for m in ("mae", "supmae", "random"):
+        files = {p.stem for p in (out / "results" / m / "seed0").glob("*.json")}
+        want = stems | ({"pretrain"} if m != "random" else set())
+        assert want <= files, (m, files)
+        for stem in stems:
+            rec = json.loads((out / "results" / m / "seed0" / f"{stem}.json").read_text())
+            assert "error" not in rec, rec.get("error")
+            assert 0.0 <= rec["top1"] <= 1.0 and rec["num_test"] == 50
+            frac = float(stem.split("frac")[1])
+            # class-balanced split of the first 500 training items: about frac * 500 labels
+            assert rec["num_train"] == pytest.approx(max(10, frac * 500), abs=10)
+    pre = json.loads((out / "results" / "mae" / "seed0" / "pretrain.json").read_text())
+    assert pre["images_seen"] == 64 and pre["steps"] == 2 and pre["images_per_s"] > 0
+    assert pre["encoder_params"] > 1e6 and pre["peak_rss_mib"] > 100
+    assert (out / "compare.png").stat().st_size > 0
+
+    text = readme.read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
+    assert [r.split("|")[1].strip() for r in rows] == ["mae", "supmae", "random"]
+    assert "SMOKE-SCALE" in text
+
+    # the second invocation reads every result and computes nothing
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")}
+    assert cm.main(argv) == 0
+    log = (out / "log.txt").read_text().splitlines()
+    assert log and all(line.startswith("skip") for line in log)
+    assert {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")} == mtimes
+    assert readme.read_text().count(cm.BEGIN) == 1
