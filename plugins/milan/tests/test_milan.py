@@ -38,7 +38,9 @@ def test_multinomial_keep_statistics():
     # the same distribution as the official torch.multinomial(importance, N, replacement=False)[:, :16]
     torch.manual_seed(1)
     official = torch.zeros(b, N).scatter_(1, torch.multinomial(a, N, replacement=False)[:, :16], 1.0).mean(0)
-    assert torch.allclose(freq, official, atol=0.035)
+    # two independent estimates of the same frequencies: within 5 standard errors at every position
+    se = (2 * official.clamp(0.01, 0.99) * (1 - official.clamp(0.01, 0.99)) / b).sqrt()
+    assert ((freq - official).abs() <= 5 * se).all(), (freq - official).abs().max()
     # keeping a single patch is one multinomial draw: its frequencies follow the attention itself
     one = m.masker.__class__(m.masker.config.__class__(keep="high", sampling="multinomial", ratio=63 / 64,
                                                        masking_prob=1.0), BuildEnv(registry=None, encoder=m.encoder))
