@@ -329,7 +329,7 @@ def test_numbers_parse_as_users_write_them(tmp_path):
         resolve({}, ["name=1e3"])  # a float, not a folder name: refused by type, not silently converted
     from mimkit.config import dump, yaml_load
 
-    named = resolve({"name": "1e3"})  # a string that looks like a number survives the recipe.yaml round trip
+    named = resolve({"name": "1e3", "data": {"name": "fashion_mnist"}})  # a string that looks like a number survives the recipe.yaml round trip
     assert yaml_load(dump(named), "x")["name"] == "1e3" and resolve(yaml_load(dump(named), "x")) == named
 
 

@@ -19,7 +19,7 @@ def masker(ratio=0.75):
 
 
 def test_exact_kept_count_with_official_truncation():
-    for ratio, keep in [(0.75, 49), (0.9, 19), (0.6, 78), (0.0, 196)]:  # int(196 * (1 - r))
+    for ratio, keep in [(0.75, 49), (0.9, 19), (0.6, 78), (0.5, 98)]:  # int(196 * (1 - r)); 0 is refused
         m = masker(ratio)(None, torch.rand(4, 196))
         assert m.num_keep == keep == int(196 * (1 - ratio))
         assert m.ids_keep.shape == (4, keep)

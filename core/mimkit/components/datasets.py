@@ -19,7 +19,7 @@ from ..data import (
     IMAGE_SUFFIXES, IMAGENET_STD, _augment,
 )
 from ..errors import DataError
-from ..schema import one_of
+from ..schema import one_of, positive
 
 
 def _read_idx(path: Path, offset: int) -> np.ndarray:
@@ -39,7 +39,7 @@ class FashionMNIST(Dataset):
     class Config:
         root: str | None = None
         split: str = attrs.field(default="train", validator=one_of("train", "test"))
-        img_size: int = attrs.field(default=32, metadata={"geometry": "img_size"})
+        img_size: int = attrs.field(default=32, validator=positive, metadata={"geometry": "img_size"})
         channels: int = attrs.field(default=1, validator=attrs.validators.in_((1, 3)), metadata={"geometry": "channels"})
         augment: bool = True
         crop_scale: tuple[float, float] = (0.2, 1.0)
@@ -143,7 +143,7 @@ class ImageFolder(Dataset):
     @attrs.define(kw_only=True)
     class Config:
         root: str
-        img_size: int = attrs.field(default=224, metadata={"geometry": "img_size"})  # every image is resized to it
+        img_size: int = attrs.field(default=224, validator=positive, metadata={"geometry": "img_size"})  # every image is resized to it
         # every image is converted to RGB (3) or grayscale (1), whatever its own mode
         channels: int = attrs.field(default=3, validator=attrs.validators.in_((1, 3)), metadata={"geometry": "channels"})
         augment: bool = True

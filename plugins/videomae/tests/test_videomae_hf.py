@@ -11,8 +11,8 @@ from mimkit_videomae.hf import canonical, export_hf, load_hf
 
 transformers = pytest.importorskip("transformers")
 
-TINY = {"method": "videomae_tiny_clips",
-        "model": {"encoder": {"embed_dim": 64, "depth": 2, "num_heads": 2, "num_frames": 4},
+TINY = {"method": "videomae_tiny_clips", "data": {"num_frames": 4},  # the model follows the data's geometry
+        "model": {"encoder": {"embed_dim": 64, "depth": 2, "num_heads": 2},
                   "decoder": {"embed_dim": 32, "depth": 1, "num_heads": 2}}}
 
 

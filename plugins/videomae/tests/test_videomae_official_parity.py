@@ -134,8 +134,8 @@ def test_importer_forward_parity(official_file) -> None:
 
 def test_convert_official_into_a_model_built_from_a_preset(official_file) -> None:
     _, sd = official_file
-    model = mimkit.build({"method": "videomae_tiny_clips", "model": {
-        "encoder": {"embed_dim": D, "depth": DEPTH, "num_heads": HEADS, "num_frames": T, "img_size": S},
+    model = mimkit.build({"method": "videomae_tiny_clips", "data": {"num_frames": T, "img_size": S}, "model": {
+        "encoder": {"embed_dim": D, "depth": DEPTH, "num_heads": HEADS},
         "decoder": {"embed_dim": DD, "depth": DDEPTH, "num_heads": DHEADS}}}).eval()
     missing, unexpected = model.load_state_dict(convert_official({"model": sd}), strict=True)
     assert not missing and not unexpected
