@@ -155,6 +155,22 @@ def load_torch(path: Path) -> Any:
         ) from None
 
 
+def read_hf_folder(folder: str | os.PathLike) -> dict[str, Any]:
+    """``{"hf_config": config.json, "state": weights}`` of a Hugging Face ``save_pretrained``
+    folder (safetensors, else ``pytorch_model.bin`` with ``weights_only``), for importers."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder}: no config.json (not a Hugging Face model folder)")
+    cfg = load_json(folder / "config.json")
+    if (folder / "model.safetensors").is_file():
+        state = load_tensors(folder / "model.safetensors")
+    elif (folder / "pytorch_model.bin").is_file():
+        state = load_torch(folder / "pytorch_model.bin")
+    else:
+        raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
+    return {"hf_config": cfg, "state": state}
+
+
 def load_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())

@@ -11,6 +11,7 @@ A plugin module declares the hook-API version it was written for as a literal::
 from __future__ import annotations
 
 from .api import build, load, load_state  # protocols and importers load runs, build models, load weights
+from .checkpoint import read_hf_folder
 from .components import (
     BuildEnv, Dataset, Decoder, Encoder, EvalProtocol, Loss, LossConfig, Masker, Target, Teacher, Visualizer,
     init_xavier_,
@@ -60,7 +61,7 @@ __all__ = [
     "SeededDataset", "FashionMNIST", "ImageFolder", "seed_for", "IMAGENET_MEAN", "IMAGENET_STD",
     "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_CLASSES",
     # loading models (protocols)
-    "load", "build", "build_model", "load_state",
+    "load", "build", "build_model", "load_state", "read_hf_folder",
     # evaluation pieces for plugin protocols (layer sweeps, test-time training, MRA fine-tuning)
     "LinearProbe", "classifier_from_encoder", "cosine_lr", "eval_datasets", "head_subset", "load_source",
     "select_train", "topk_accuracy", "train_linear_probe",

@@ -12,7 +12,6 @@ names (``vit.layers.N.attention.q_proj``) are read; exports use the installed ve
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,7 +19,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from mimkit.plugin_api import CheckpointError, ConfigError, build_model, load_state
+from mimkit.plugin_api import CheckpointError, ConfigError, build_model, load_state, read_hf_folder
 
 _BLOCK = {"layernorm_before.": "norm1.", "layernorm_after.": "norm2.", "attention.o_proj.": "attn.proj.",
           "mlp.fc1.": "mlp.fc1.", "mlp.fc2.": "mlp.fc2."}
@@ -152,22 +151,6 @@ def import_hf(obj: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], bool] 
     return recipe_from_config(cfg), convert_hf(state), True
 
 
-def read_folder(folder: str | Path) -> dict[str, Any]:
-    """``{"hf_config": config.json, "state": weights}`` of a save_pretrained folder."""
-    folder = Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{folder}: no config.json (not a Hugging Face model folder)")
-    cfg = json.loads(cfg_path.read_text())
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "model.safetensors"))
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
-    return {"hf_config": cfg, "state": state}
 
 
 def set_layernorm_eps(module: nn.Module, eps: float) -> None:
@@ -179,7 +162,7 @@ def set_layernorm_eps(module: nn.Module, eps: float) -> None:
 def load_hf(folder: str | Path) -> nn.Module:
     """A mimkit MAE model (eval mode) from a ``ViTMAEForPreTraining`` folder; every LayerNorm
     takes the config's ``layer_norm_eps`` (1e-12 in Hugging Face's own ports, 1e-6 officially)."""
-    obj = read_folder(folder)
+    obj = read_hf_folder(folder)
     found = import_hf(obj)
     if found is None:
         raise CheckpointError(f"{folder}: not a ViTMAEForPreTraining folder")

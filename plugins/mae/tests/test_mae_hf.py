@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import mimkit
-from mimkit_mae.hf import canonical, export_hf, import_hf, load_hf, read_folder
+from mimkit.plugin_api import read_hf_folder
+from mimkit_mae.hf import canonical, export_hf, import_hf, load_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -61,7 +62,7 @@ def test_hf_folder_with_its_own_eps_loads_and_matches(tmp_path) -> None:
     assert (theirs.logits - ours.pred).abs().max() < 1e-5
     assert abs(float(theirs.loss) - float(ours.loss)) < 1e-6
     # the importer hook reads a bare state dict too (sizes from the weights)
-    recipe, state, _ = import_hf(read_folder(tmp_path / "hf")["state"])
+    recipe, state, _ = import_hf(read_hf_folder(tmp_path / "hf")["state"])
     assert recipe["model"]["encoder"]["embed_dim"] == 64 and "encoder.vit.blocks.1.attn.qkv.weight" in state
 
 

@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,7 +19,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from mimkit.plugin_api import CheckpointError, ConfigError, build_model, load_state
+from mimkit.plugin_api import CheckpointError, ConfigError, build_model, load_state, read_hf_folder
 
 _BLOCK = {"layernorm_before.": "norm1.", "layernorm_after.": "norm2.", "attention.o_proj.": "attn.proj.",
           "mlp.fc1.": "mlp.fc1.", "mlp.fc2.": "mlp.fc2."}
@@ -114,27 +113,13 @@ def import_hf(obj: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], bool] 
     return recipe_from_config(obj["hf_config"]), convert_hf(obj["state"]), True
 
 
-def read_folder(folder: str | Path) -> dict[str, Any]:
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(f"{folder}: no config.json (not a Hugging Face model folder)")
-    cfg = json.loads((folder / "config.json").read_text())
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "model.safetensors"))
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
-    return {"hf_config": cfg, "state": state}
 
 
 def load_hf(folder: str | Path, decoder_norm_eps: float | None = 1e-5) -> nn.Module:
     """A mimkit VideoMAE (eval mode) from a ``VideoMAEForPreTraining`` folder. The decoder's final
     LayerNorm takes ``decoder_norm_eps`` (1e-5: what Hugging Face computes with; None keeps
     the config's eps, the official 1e-6 for an official-equivalent model)."""
-    obj = read_folder(folder)
+    obj = read_hf_folder(folder)
     found = import_hf(obj)
     if found is None:
         raise CheckpointError(f"{folder}: not a VideoMAEForPreTraining folder")
