@@ -124,6 +124,9 @@ class OptimConfig:
     warmup_epochs: float = attrs.field(default=40.0, validator=in_range(0))
     warmup_start_lr: float = attrs.field(default=0.0, validator=in_range(0))
     min_lr: float = attrs.field(default=0.0, validator=in_range(0))
+    # cosine: the cosine starts after the warm-up (MAE); timm_cosine: timm's CosineLRScheduler with
+    # warmup_prefix=False, the warm-up counted inside the cosine (MFM/SimMIM) - mimkit.schedules
+    schedule: str = attrs.field(default="cosine", validator=one_of("cosine", "timm_cosine"))
     clip_grad: float | None = attrs.field(default=None, validator=in_range(0, low_open=True))
     layer_decay: float | None = None  # layer-wise lr decay (fine-tuning)
     impl: str = attrs.field(default="auto", validator=one_of("auto", "fused", "foreach", "forloop"))  # auto = fused

@@ -52,15 +52,3 @@ class MFMViTEncoder(ViTEncoder):
     def __init__(self, config: "ViTEncoder.Config", env: BuildEnv | None = None):
         super().__init__(config, env)
         beit_init_(self)
-
-
-def timm_cosine_lr(step: int, peak: float, warmup_steps: int, total_steps: int, warmup_lr: float, min_lr: float) -> float:
-    """timm's ``CosineLRScheduler(t_initial=total_steps, warmup_t=warmup_steps,
-    warmup_prefix=False, cycle_limit=1, t_in_epochs=False)`` as MFM's ``lr_scheduler.py`` builds
-    it: a linear warm-up from ``warmup_lr``, and a cosine whose phase counts the warm-up steps
-    too (cos(pi * step / total), not cos(pi * (step - warmup) / (total - warmup)))."""
-    if step < warmup_steps:
-        return warmup_lr + step * (peak - warmup_lr) / warmup_steps
-    if step >= total_steps:
-        return min_lr
-    return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * step / total_steps))

@@ -9,7 +9,7 @@ import torch
 
 import mimkit
 from mimkit.config import resolve
-from mimkit_mfm.vit import timm_cosine_lr
+from mimkit.schedules import lr_at
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +49,21 @@ def test_tokens_not_decayed_and_lrs_scaled_by_batch_over_512() -> None:
     assert id(m.encoder.vit.pos_embed) in no_decay and id(m.encoder.vit.cls_token) in no_decay
 
 
-def test_timm_cosine_with_the_warmup_inside() -> None:
+def test_presets_use_timm_cosine_with_the_warmup_inside() -> None:
+    """Every MFM preset runs the core's ``timm_cosine`` schedule: the numbers of timm's
+    CosineLRScheduler as MFM's lr_scheduler.py builds it (warmup_prefix=False)."""
     from timm.scheduler.cosine_lr import CosineLRScheduler
 
+    for name in ("mfm_vit_base_patch16", "mfm_resnet50", "mfm_tiny_fashion_mnist"):
+        assert resolve({"method": name}).optim.schedule == "timm_cosine", name
+    o = resolve({"method": "mfm_vit_base_patch16"}).optim
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     total, warm = 200, 20
-    sched = CosineLRScheduler(opt, t_initial=total, lr_min=5e-6, warmup_lr_init=5e-7, warmup_t=warm,
+    sched = CosineLRScheduler(opt, t_initial=total, lr_min=o.min_lr, warmup_lr_init=o.warmup_start_lr, warmup_t=warm,
                               cycle_limit=1, t_in_epochs=False)  # as MFM's lr_scheduler.py
-    for step in [0, 1, 10, 19, 20, 21, 100, 150, 199]:
+    for step in [0, 1, 10, 19, 20, 21, 100, 150, 199, 200, 230]:
         sched.step_update(step)
         ref = opt.param_groups[0]["lr"]
-        assert timm_cosine_lr(step, 1e-3, warm, total, 5e-7, 5e-6) == pytest.approx(ref, rel=1e-9), step
-    # not the same as a cosine started after the warm-up (mimkit's core schedule)
-    assert timm_cosine_lr(20, 1e-3, warm, total, 5e-7, 5e-6) < 1e-3 * 0.99
+        assert lr_at(step, 1e-3, o, warm, total) == pytest.approx(ref, rel=1e-9), step
+    # not the same as a cosine started after the warm-up (the core's default schedule)
+    assert lr_at(20, 1e-3, o, warm, total) < 1e-3 * 0.99
