@@ -51,19 +51,23 @@ class Mask:
         return cls(hidden=hidden, ids_shuffle=ids_shuffle, ids_restore=ids_restore, num_keep=num_keep)
 
     @classmethod
-    def from_hidden(cls, hidden: torch.Tensor) -> "Mask":
+    def from_hidden(cls, hidden: torch.Tensor, equal_counts: bool = True) -> "Mask":
         """A Mask from a boolean (B, N) map; kept and hidden tokens each stay in ascending order.
 
-        Every row must hide the same number of tokens (checked), as the visible-only encoder
-        batches the kept tokens.
+        With ``equal_counts`` every row must hide the same number of tokens (checked), as the
+        visible-only encoder batches the kept tokens. Without, rows may differ (what a
+        ``with_mask_token`` encoder and the masked losses read: ``hidden`` is exact); then
+        ``num_keep`` is the smallest kept count, so ``ids_keep`` lists kept tokens of every row
+        and ``ids_hidden`` may include kept ones.
         """
         hidden = hidden.bool()
         counts = hidden.sum(1)
-        if counts.numel() and bool((counts != counts[0]).any()):
+        unequal = counts.numel() and bool((counts != counts[0]).any())
+        if unequal and equal_counts:
             raise ValueError(
                 f"every sample must hide the same number of tokens; got counts {counts.tolist()}"
             )
-        num_keep = hidden.shape[1] - (int(counts[0]) if counts.numel() else 0)
+        num_keep = hidden.shape[1] - (int(counts.max()) if counts.numel() else 0)
         ids_shuffle = torch.argsort(hidden.to(torch.int8), dim=1, stable=True)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         return cls(hidden=hidden, ids_shuffle=ids_shuffle, ids_restore=ids_restore, num_keep=num_keep)

@@ -36,6 +36,10 @@ class Masker(nn.Module):
     """Base for maskers: per-sample randomness in the loader, vectorized masking on the device."""
 
     num_tokens: int
+    #: The masks are maps over the encoder's tokens, so an explicit (B, N) boolean map can stand
+    #: for them (``MaskedModel.forward(batch, mask=...)``); False for a masker that corrupts the
+    #: input instead (MFM's frequency masker).
+    token_masks: ClassVar[bool] = True
 
     def sample_noise(self, generator: torch.Generator) -> torch.Tensor:
         """One sample's randomness (drawn in the data loader)."""

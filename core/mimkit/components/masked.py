@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -69,23 +70,51 @@ class MaskedModel(MethodModel):
 
     # -- the step -------------------------------------------------------------------------
 
-    def make_mask(self, batch: dict, ctx: Context, noise: torch.Tensor | None = None) -> Mask:
-        """The mask for this batch: from ``noise`` (or ``batch['mask_noise']``, drawn in the
-        loader from (seed, epoch, index)), else from ``ctx.generator``."""
+    def make_mask(self, batch: dict, ctx: Context, noise: torch.Tensor | None = None,
+                  mask: torch.Tensor | None = None) -> Mask:
+        """The mask for this batch: the explicit boolean (B, N) map ``mask`` (True = hidden, as
+        Hugging Face's ``bool_masked_pos``), else from ``noise`` (or ``batch['mask_noise']``,
+        drawn in the loader from (seed, epoch, index)), else from ``ctx.generator``."""
         x = batch[self.input_key]
+        if mask is not None:
+            if noise is not None:
+                raise ValueError("pass either noise or mask, not both")
+            return self.explicit_mask(mask.to(x.device), x.shape[0])
         if noise is None:
             noise = batch.get("mask_noise")
         if noise is None:
             noise = self.masker.draw(x.shape[0], ctx.generator, x.device)
         return self.masker(batch, noise.to(x.device), ctx)
 
-    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
+    def explicit_mask(self, hidden: torch.Tensor, batch_size: int) -> Mask:
+        """A Mask from a (B, N) boolean map over the encoder's tokens. A visible-only encoder
+        needs the same hidden count in every row (it batches the kept tokens); a
+        ``with_mask_token`` encoder takes rows that differ."""
+        if not getattr(self.masker, "token_masks", True):
+            raise ValueError(f"model.masker ({type(self.masker).__name__}) corrupts the input instead of hiding tokens: an explicit "
+                             "token mask does not apply (pass noise)")
+        n = getattr(self.masker, "num_tokens", None) or math.prod(self.encoder.grid)
+        if hidden.dtype != torch.bool or tuple(hidden.shape) != (batch_size, n):
+            raise ValueError(f"mask must be a boolean (B, N) = ({batch_size}, {n}) map (True = hidden), "
+                             f"got {hidden.dtype} {tuple(hidden.shape)}")
+        mode = getattr(getattr(self.encoder, "config", None), "mode", "visible_only")
+        if mode == "visible_only":
+            counts = hidden.sum(1)
+            if bool((counts != counts[0]).any()):
+                raise ValueError(f"mask: the visible-only encoder needs the same number of hidden tokens in every "
+                                 f"row (it batches the kept ones); got {counts.tolist()}")
+        return Mask.from_hidden(hidden, equal_counts=mode == "visible_only")
+
+    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> Outputs:
+        """One step on ``batch``. The mask comes from ``mask`` (a boolean (B, N) map, True =
+        hidden), else ``noise`` (the masker's randomness), else the batch or ``ctx.generator``."""
         ctx = ctx if ctx is not None else Context()
         x = batch[self.input_key]
         if self.teacher is not None:
             with torch.no_grad():
                 ctx.teacher = self.teacher(batch, ctx)
-        mask = self.make_mask(batch, ctx, noise)
+        mask = self.make_mask(batch, ctx, noise, mask)
         x_in = mask.corrupted if mask.corrupted is not None else x
         latent = self.encoder.encode(self.encoder.embed(x_in, mask), mask)
         out = Outputs(mask=mask, latent=latent)

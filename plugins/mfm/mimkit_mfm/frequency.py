@@ -75,6 +75,8 @@ class FrequencyMasker(Masker):
     not scaled with the image size, as in the official code.
     """
 
+    token_masks = False  # it corrupts the input: an explicit token mask cannot stand for it
+
     @attrs.define(kw_only=True)
     class Config:
         radius: float = 16.0

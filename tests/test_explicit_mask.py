@@ -1,0 +1,75 @@
+"""``MaskedModel.forward(batch, mask=...)``: an explicit boolean (B, N) map, True = hidden (as
+Hugging Face's ``bool_masked_pos``), equal to the noise path when it is the mask the noise gives."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mimkit
+
+SMALL = {"encoder": {"embed_dim": 32, "depth": 2, "num_heads": 2}, "decoder": {"embed_dim": 16, "depth": 1, "num_heads": 2}}
+
+
+@pytest.mark.parametrize("preset", ["mae_tiny_fashion_mnist", "supmae_tiny_fashion_mnist"])
+def test_explicit_mask_equals_the_noise_path(preset: str) -> None:
+    torch.manual_seed(0)
+    model = mimkit.build({"method": preset, "model": SMALL}).eval()
+    g = torch.Generator().manual_seed(1)
+    batch = {"image": torch.randn(3, 1, 32, 32, generator=g), "label": torch.tensor([0, 3, 7])}
+    noise = torch.rand(3, 64, generator=g)
+    with torch.no_grad():
+        a = model(batch, noise=noise)
+        b = model(batch, mask=a.mask.hidden)
+    assert int(a.mask.hidden.sum()) == 3 * 48  # ratio 0.75 of 64 tokens
+    assert torch.equal(b.mask.hidden, a.mask.hidden)
+    # the kept tokens are in another order (ascending vs noise order): the same values up to rounding
+    torch.testing.assert_close(b.pred, a.pred, rtol=0, atol=1e-5)
+    torch.testing.assert_close(b.loss, a.loss, rtol=0, atol=1e-6)
+    assert b.losses.keys() == a.losses.keys()
+    for k in a.losses:
+        torch.testing.assert_close(b.losses[k], a.losses[k], rtol=0, atol=1e-6)
+    # the loss reads the explicit map: a different map gives a different loss
+    with torch.no_grad():
+        c = model(batch, mask=a.mask.hidden.flip(1))
+    assert abs(float(c.loss) - float(a.loss)) > 1e-4
+
+
+def test_explicit_mask_is_checked() -> None:
+    model = mimkit.build({"method": "mae_tiny_fashion_mnist", "model": SMALL}).eval()
+    batch = {"image": torch.randn(2, 1, 32, 32)}
+    hidden = torch.zeros(2, 64, dtype=torch.bool)
+    hidden[0, :48], hidden[1, :40] = True, True
+    with pytest.raises(ValueError, match=r"visible-only encoder needs the same number of hidden tokens.*\[48, 40\]"):
+        model(batch, mask=hidden)
+    with pytest.raises(ValueError, match=r"boolean \(B, N\) = \(2, 64\)"):
+        model(batch, mask=hidden[:, :10])
+    with pytest.raises(ValueError, match="boolean"):
+        model(batch, mask=hidden.float())
+    with pytest.raises(ValueError, match="either noise or mask"):
+        model(batch, mask=hidden, noise=torch.rand(2, 64))
+
+
+def test_with_mask_token_encoders_take_unequal_counts() -> None:
+    """MaskFeat (with_mask_token): rows hiding different counts; the loss is the official mean
+    over every hidden token of the batch, equal to the noise-path value for the same map."""
+    torch.manual_seed(0)
+    model = mimkit.build({"method": "maskfeat_tiny_fashion_mnist",
+                          "model": {"encoder": {"embed_dim": 48, "depth": 1, "num_heads": 3}}}).eval()
+    hidden = torch.zeros(2, 16, dtype=torch.bool)
+    hidden[0, :5], hidden[1, 3:12] = True, True
+    batch = {"image": torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(2))}
+    with torch.no_grad():
+        a = model(batch, mask=hidden)
+        b = model(batch, noise=hidden)  # the block masker's own explicit-map path
+        pred, target = a.pred, a.target
+    assert torch.equal(a.mask.hidden, hidden)
+    torch.testing.assert_close(a.loss, b.loss, rtol=0, atol=0)
+    ref = ((pred - target) ** 2).mean(-1)[hidden].mean()
+    torch.testing.assert_close(a.loss, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_a_masker_that_corrupts_the_input_refuses_a_token_mask() -> None:
+    model = mimkit.build({"method": "mfm_tiny_fashion_mnist", "model": {"encoder": {"embed_dim": 48, "depth": 1,
+                                                                                    "num_heads": 3}}}).eval()
+    with pytest.raises(ValueError, match="corrupts the input"):
+        model({"image": torch.randn(2, 1, 32, 32)}, mask=torch.zeros(2, 64, dtype=torch.bool))
