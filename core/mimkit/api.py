@@ -36,8 +36,11 @@ def build_model(recipe: Recipe, registry: Any = None) -> torch.nn.Module:
 
 def build(recipe: str | os.PathLike | Mapping[str, Any] | Recipe, overrides: list[str] | None = None) -> torch.nn.Module:
     """Resolve a recipe (file, mapping or Recipe; presets and ``overrides`` applied) and build
-    its model, randomly initialized."""
-    return build_model(resolve(recipe, overrides))
+    its model, randomly initialized, with ``.recipe`` set (so it can be exported as is)."""
+    resolved = resolve(recipe, overrides)
+    model = build_model(resolved)
+    model.recipe = resolved
+    return model
 
 
 def dry_run(recipe: str | os.PathLike | Mapping[str, Any] | Recipe,
@@ -101,15 +104,19 @@ def _recipe_of(text: str, where: str, overrides: list[str] | None) -> Recipe:
 
 def load(path: str | os.PathLike, overrides: list[str] | None = None) -> torch.nn.Module:
     """A model ready for feature extraction (eval mode) from a run folder (its newest complete
-    checkpoint), a checkpoint folder, a mimkit ``.safetensors`` export, or an official file
-    that an installed importer recognizes (e.g. facebookresearch/mae ``{"model": ...}``)."""
+    checkpoint), a checkpoint folder, a mimkit ``.safetensors`` export, or an official file or
+    Hugging Face ``save_pretrained`` folder that an installed importer recognizes (e.g.
+    facebookresearch/mae ``{"model": ...}``, a ``ViTMAEForPreTraining`` folder)."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"no such file or folder: {p}")
     if p.is_dir():
+        if (p / "config.json").is_file() and not (p / "recipe.yaml").is_file():  # a Hugging Face save_pretrained folder
+            return _import(ckpt.read_hf_folder(p), p, overrides, "this Hugging Face folder")
         d = _checkpoint_dir(p)
         if d is None:
-            raise CheckpointError(f"{p} holds no complete checkpoint (looked for model.safetensors or checkpoints/step_*/COMPLETE)")
+            raise CheckpointError(f"{p} holds no complete checkpoint (looked for model.safetensors, "
+                                  "checkpoints/step_*/COMPLETE, or a Hugging Face config.json)")
         if not (d / "recipe.yaml").is_file():
             raise CheckpointError(f"{d} lacks recipe.yaml: the checkpoint is incomplete (copy the run's recipe.yaml "
                                   "into it to rebuild the model)")
@@ -140,11 +147,15 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> torch.n
             load_state(model, state, str(p))
         model.recipe = recipe
         return model.eval()
-    state = ckpt.load_torch(p)
+    return _import(ckpt.load_torch(p), p, overrides, "this file")
+
+
+def _import(obj: Any, p: Path, overrides: list[str] | None, what: str) -> torch.nn.Module:
+    """The model of the first installed importer that recognizes ``obj`` (hook ``mimkit_importers``)."""
     reg = get_registry()
     for name, importer in reg.components["importers"].items():
         try:
-            found = importer(state)
+            found = importer(obj)
         except MimkitError:
             raise
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
@@ -159,4 +170,8 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> torch.n
         model.recipe = recipe
         return model.eval()
     known = ", ".join(f"{n} ({reg.providers['importers'][n]})" for n in reg.names("importers")) or "none installed"
-    raise CheckpointError(f"{p}: no installed importer recognizes this file; importers: {known}")
+    extra = ""
+    if isinstance(obj, Mapping) and isinstance(obj.get("hf_config"), Mapping):
+        extra = f" (config.json model_type {obj['hf_config'].get('model_type')!r}, architectures " \
+                f"{obj['hf_config'].get('architectures')})"
+    raise CheckpointError(f"{p}: no installed importer recognizes {what}{extra}; importers: {known}")

@@ -80,7 +80,18 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export
 
-    info = export(args.source, args.out, args.format)
+    if args.out is not None and args.out_pos is not None and args.out != args.out_pos:
+        raise MimkitError(f"two outputs given ({args.out_pos} and --out {args.out}): give one")
+    out = args.out or args.out_pos
+    if out is None:
+        raise MimkitError("name the output: `mim export SOURCE OUT` or --out OUT")
+    info = export(args.source, out, args.format)
+    if "num_tensors" not in info:  # a plugin's folder format
+        print(f"wrote {info['path']} ({info['num_files']} files, format {info['format']}, "
+              f"exporter {info['exporter']}: {info['describes']})")
+        if info["load_hint"]:
+            print("load it with:\n  " + info["load_hint"])
+        return 0
     print(f"wrote {info['path']} ({info['num_tensors']} tensors, format {info['format']})")
     if args.format == "timm":
         print("load it with:\n  import timm\n  model = " + info["create_model"])
@@ -196,16 +207,27 @@ def main(argv: list[str] | None = None) -> int:
                                          f"`mim {command} NAME --help` for a protocol's flags")
         p.add_argument("protocol", nargs="?", help="a registered protocol; installed: run `mim plugins`")
         p.set_defaults(fn=_cmd_protocols)
-    p = sub.add_parser("export", help="export the encoder for timm, or the full model for mimkit.load")
+    p = sub.add_parser("export", help="export the encoder for timm, the full model for mimkit.load, or a "
+                                      "plugin's format (hf: a Hugging Face folder)")
     p.add_argument("source", help="run folder, checkpoint folder, export or official file")
-    p.add_argument("--format", choices=["timm", "full"], default="timm")
-    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("out_pos", nargs="?", metavar="OUT", help="output: a .safetensors file (timm, full) or a new "
+                                                            "folder (a plugin's format such as hf)")
+    p.add_argument("--format", default="timm",
+                   help="timm | full | a plugin's format: hf (transformers ViTMAEForPreTraining / "
+                        "VideoMAEForPreTraining folders, with the mae / videomae plugins); default timm")
+    p.add_argument("--out", default=None, help="the output (same as OUT)")
     p.set_defaults(fn=_cmd_export)
     p = sub.add_parser("plot", help="regenerate loss_curve.png from a run's metrics.jsonl")
     p.add_argument("run", help="run folder (or its metrics.jsonl)")
     p.add_argument("--out", default=None, help="PNG path (default RUN/loss_curve.png)")
     p.set_defaults(fn=_cmd_plot)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `mim export SRC --format hf OUT`: argparse does not give a positional after options to an
+    # optional positional already passed over
+    if extra and args.command == "export" and args.out_pos is None and len(extra) == 1 and not extra[0].startswith("-"):
+        args.out_pos, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
     except MimkitError as exc:

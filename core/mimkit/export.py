@@ -7,10 +7,14 @@
 * ``full``: every tensor of the model (encoder, decoder, ...) with ``mimkit_recipe`` and
   ``mimkit_content: full``; ``mimkit.load(file)`` restores it exactly, so pretraining or
   evaluation can continue from one file.
+* a plugin's format (hook ``mimkit_exporters``), e.g. ``hf``: a folder written by the first
+  registered exporter of that format that describes the model (the MAE plugin writes
+  ``ViTMAEForPreTraining``, the VideoMAE plugin ``VideoMAEForPreTraining`` folders).
 """
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +23,10 @@ from safetensors.torch import save_file
 
 from . import checkpoint as ckpt
 from .config import dump
-from .errors import MimkitError
+from .errors import ConfigError, MimkitError
 from .api import ENCODER_PREFIX
 from .evaluation import load_source, timm_kwargs, vit_encoder
+from .plugins import registry as get_registry
 
 FORMATS = ("timm", "full")
 
@@ -55,10 +60,16 @@ def export(
     format: str = "timm",
 ) -> dict[str, Any]:
     """Write ``source`` (a model with ``.recipe``, or anything :func:`mimkit.load` accepts) to
-    ``out`` in ``format``; returns {"path", "format", "num_tensors", "create_model"?}."""
-    if format not in FORMATS:
-        raise MimkitError(f"export format must be one of {FORMATS}, got {format!r}")
+    ``out`` in ``format``; returns {"path", "format", "num_tensors", "create_model"?} (a plugin
+    format: {"path", "format", "exporter", "num_files", "load_hint"})."""
+    plugin = plugin_formats()
+    allowed = FORMATS + tuple(f for f in sorted(plugin) if f not in FORMATS)
+    if format not in allowed:
+        raise ConfigError(f"export format must be one of {list(allowed)}, got {format!r}"
+                          + ("" if plugin else " (no installed plugin registers another format)"))
     model = source if isinstance(source, torch.nn.Module) else load_source(source)
+    if format not in FORMATS:
+        return export_folder(model, out, format)
     recipe = getattr(model, "recipe", None)
     if recipe is None:
         raise MimkitError("the model carries no recipe (.recipe); load it with mimkit.load or build it from a recipe")
@@ -91,3 +102,55 @@ def export(
         raise
     info["num_tensors"] = len(state)
     return info
+
+
+def plugin_formats() -> dict[str, list[str]]:
+    """{format: [exporter names, in the order they are tried]} of the installed exporters."""
+    reg = get_registry()
+    out: dict[str, list[str]] = {}
+    for name in reg.names("exporters"):
+        out.setdefault(reg.components["exporters"][name].format, []).append(name)
+    return out
+
+
+def export_folder(model: torch.nn.Module, out: str | os.PathLike, format: str) -> dict[str, Any]:
+    """Write ``model`` as a folder in a plugin's ``format``: the first exporter of that format
+    whose ``check`` accepts the model writes into a temporary folder, renamed to ``out`` once
+    complete. A model no exporter describes is a ConfigError giving each one's reason."""
+    reg = get_registry()
+    names = plugin_formats().get(format, [])
+    out = Path(out)
+    if out.suffix == ".safetensors" or out.is_file():
+        raise ConfigError(f"{out}: a {format!r} export is a folder; name a new (or empty) folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not empty: name a new folder (nothing was written)")
+    reasons = []
+    for name in names:
+        exporter = reg.components["exporters"][name]
+        try:
+            exporter.check(model)
+        except ConfigError as exc:
+            reasons.append(f"{name} ({reg.providers['exporters'][name]}): {exc}")
+            continue
+        break
+    else:
+        what = getattr(getattr(model, "recipe", None), "method", None) or type(model).__name__
+        raise ConfigError(f"no installed {format!r} exporter describes this model ({what}): " + " | ".join(reasons))
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        exporter.write(model, tmp)
+        if out.is_dir():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)  # never a half-written folder under the final name
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise MimkitError(f"cannot write {out}: {ckpt._first_line(exc)}") from None
+        raise
+    return {"path": str(out), "format": format, "exporter": name, "describes": exporter.describes,
+            "num_files": sum(1 for _ in out.iterdir()),
+            "load_hint": exporter.load_hint.replace("{path}", repr(str(out)))}
+

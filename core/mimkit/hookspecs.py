@@ -21,7 +21,9 @@ from typing import Any, Callable, Mapping
 
 import pluggy
 
-from .components import Dataset, Decoder, Encoder, EvalProtocol, Loss, Masker, Target, Teacher, Visualizer
+from .components import (
+    Dataset, Decoder, Encoder, EvalProtocol, Exporter, Loss, Masker, Target, Teacher, Visualizer,
+)
 from .model import MethodModel
 
 PROJECT = "mimkit"
@@ -149,6 +151,18 @@ def mimkit_protocols() -> Mapping[str, type[EvalProtocol]]:
 def mimkit_importers() -> Mapping[str, Callable[[Mapping[str, Any]], Any]]:
     """Register checkpoint importers for official releases.
 
-    Each callable receives a loaded state mapping and returns ``(recipe, state_dict)`` in
-    mimkit's layout, or ``None`` when the file is not one it knows. Used by :func:`mimkit.load`.
+    Each callable receives a loaded state mapping and returns ``(recipe, state_dict)`` (or
+    ``(recipe, state_dict, strict)``) in mimkit's layout, or ``None`` when the file is not one it
+    knows. Used by :func:`mimkit.load`: for a file, the mapping is the file's content; for a
+    Hugging Face ``save_pretrained`` folder (``config.json`` + ``model.safetensors`` or
+    ``pytorch_model.bin``), it is ``{"hf_config": config, "state": weights}``.
     """
+
+
+@hookspec
+def mimkit_exporters() -> Mapping[str, Exporter]:
+    """Register export formats beyond the core's ``timm`` and ``full`` (``mim export --format
+    NAME``, :func:`mimkit.export.export`): ``{exporter name: Exporter(format=..., check=...,
+    write=...)}``. Exporters of one format are tried in name order; the first whose ``check``
+    accepts the model writes its folder."""
+

@@ -13,7 +13,7 @@ from __future__ import annotations
 from .api import build, load, load_state  # protocols and importers load runs, build models, load weights
 from .checkpoint import read_hf_folder
 from .components import (
-    BuildEnv, Dataset, Decoder, Encoder, EvalProtocol, Loss, LossConfig, Masker, Target, Teacher, Visualizer,
+    BuildEnv, Dataset, Decoder, Encoder, EvalProtocol, Exporter, Loss, LossConfig, Masker, Target, Teacher, Visualizer,
     init_xavier_,
 )
 from .config import package_presets
@@ -51,7 +51,7 @@ __all__ = [
     "BuildEnv", "Masker", "Loss", "LossConfig", "MethodModel", "MaskedModel", "component", "one_of",
     "FieldError", "package_presets", "init_xavier_",
     # the contracts of the other kinds (typing.Protocol: structural, no need to inherit)
-    "Encoder", "Decoder", "Target", "Teacher", "Visualizer", "Dataset", "EvalProtocol",
+    "Encoder", "Decoder", "Target", "Teacher", "Visualizer", "Dataset", "EvalProtocol", "Exporter",
     # token geometry
     "patchify", "unpatchify", "gather_tokens", "restore_tokens", "sincos_1d", "sincos_2d", "sincos_3d",
     "patch_stats", "normalize_patches", "num_keep_for", "grid_shape",

@@ -22,7 +22,7 @@ from .errors import ConfigError, PluginError
 
 KINDS = (
     "maskers", "targets", "encoders", "decoders", "losses", "teachers", "models",
-    "presets", "datasets", "visualizers", "importers", "protocols",
+    "presets", "datasets", "visualizers", "importers", "protocols", "exporters",
 )
 DISABLE_ENV = "MIMKIT_DISABLE_PLUGIN_AUTOLOAD"
 #: The core's own plugin, loaded by name like any other (it sits above the registry: its
@@ -128,6 +128,12 @@ def _check_component(kind: str, name: str, obj: Any, plugin: str) -> None:
     if kind == "importers":
         if not callable(obj):
             raise PluginError(f"plugin {plugin!r}: importer {name!r} is not callable")
+        return
+    if kind == "exporters":
+        if not (isinstance(getattr(obj, "format", None), str) and callable(getattr(obj, "check", None))
+                and callable(getattr(obj, "write", None))):
+            raise PluginError(f"plugin {plugin!r}: exporter {name!r} is {obj!r}, expected an Exporter "
+                              "(format, check, write)")
         return
     if not isinstance(obj, type):
         raise PluginError(f"plugin {plugin!r}: {kind[:-1]} {name!r} is {obj!r}, expected a class")

@@ -176,3 +176,22 @@ class EvalProtocol(Protocol):
 
     def __call__(self, sources: list[str]) -> Mapping[str, Any]:
         """Run on the positional sources; a JSON-serializable record (``"summary"``: one line)."""
+
+
+@attrs.define(frozen=True, kw_only=True)
+class Exporter:
+    """An export format a plugin writes (``mimkit_exporters``): ``mim export SRC --format F OUT``.
+
+    ``check(model)`` raises a :class:`~mimkit.errors.ConfigError` naming what the model lacks
+    when it is not a model this exporter describes (called before anything is written);
+    ``write(model, folder)`` writes ``folder`` (a new, empty folder the core renames into
+    place once complete). Several exporters may share a ``format`` (one per architecture: a
+    ``ViTMAEForPreTraining`` and a ``VideoMAEForPreTraining`` folder are both ``hf``): the
+    first whose ``check`` passes writes."""
+
+    format: str  # the --format name, e.g. "hf"
+    check: Callable[[nn.Module], Any]
+    write: Callable[[nn.Module, Path], Any]
+    describes: str = ""  # what it writes, e.g. "a transformers ViTMAEForPreTraining folder"
+    load_hint: str = ""  # how to load the result; "{path}" is replaced by the folder
+

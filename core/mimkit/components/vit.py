@@ -7,6 +7,8 @@ token), ``full`` (MFM: the whole, possibly corrupted, input; the mask is ignored
 """
 from __future__ import annotations
 
+from functools import partial
+
 import attrs
 import timm
 import torch
@@ -37,6 +39,7 @@ class ViTEncoder(nn.Module):
         depth: int | None = None
         num_heads: int | None = None
         mlp_ratio: float | None = None
+        norm_eps: float | None = None  # LayerNorm eps (default: timm's 1e-6; Hugging Face's ports use 1e-12)
         pos_embed: str = attrs.field(default="sincos", validator=one_of("sincos", "learned"))
         mode: str = attrs.field(default="visible_only", validator=one_of("visible_only", "with_mask_token", "full"))
         drop_path: float = 0.0
@@ -50,6 +53,8 @@ class ViTEncoder(nn.Module):
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         if config.img_size is not None:
             kwargs["img_size"] = _pair(config.img_size)
+        if config.norm_eps is not None:
+            kwargs["norm_layer"] = partial(nn.LayerNorm, eps=config.norm_eps)
         try:
             self.vit = timm.create_model(
                 config.model, pretrained=False, num_classes=0, drop_path_rate=config.drop_path, **kwargs

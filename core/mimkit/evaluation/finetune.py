@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from typing import Any
 
 import attrs
@@ -31,6 +32,8 @@ def classifier_from_encoder(model: torch.nn.Module, num_classes: int, drop_path:
     enc = vit_encoder(model)
     cfg = enc.config
     kwargs = timm_kwargs(enc)
+    if getattr(cfg, "norm_eps", None) is not None:  # e.g. 1e-12 of a Hugging Face import
+        kwargs["norm_layer"] = partial(nn.LayerNorm, eps=cfg.norm_eps)
     clf = timm.create_model(cfg.model, pretrained=False, num_classes=num_classes, global_pool="avg",
                             drop_path_rate=drop_path, **kwargs)
     state = {k: v for k, v in enc.vit.state_dict().items()}

@@ -3,9 +3,12 @@
 * :func:`import_hf` (the ``vit_mae_hf`` importer): a ``{"hf_config": dict, "state": tensors}``
   mapping (what a folder holds: ``config.json`` + ``model.safetensors``) or a bare HF state dict
   -> ``(recipe, state, strict)`` in mimkit's layout.
-* :func:`load_hf(folder)`: a mimkit model from a folder (LayerNorm eps set from the config).
-* :func:`export_hf(model, folder)`: a folder ``ViTMAEForPreTraining.from_pretrained`` loads
-  offline, giving the same loss on the same ``noise`` (``layer_norm_eps`` written: 1e-6).
+  ``mimkit.load(folder)`` goes through it; the recipe carries the config's ``layer_norm_eps``
+  (encoder ``norm_eps`` and decoder ``norm_eps``: 1e-12 in Hugging Face's own ports).
+* :func:`load_hf(folder)`: the same as ``mimkit.load(folder)``, refusing other folders.
+* :func:`export_hf(model, folder)` (the ``vit_mae_hf`` exporter, ``mim export RUN --format hf
+  OUT``): a folder ``ViTMAEForPreTraining.from_pretrained`` loads offline, giving the same loss
+  on the same ``noise`` (``layer_norm_eps`` written: 1e-6 for an MAE trained with mimkit).
 
 Both the transformers 4 key names (``vit.encoder.layer.N.attention.attention.query``) and the 5
 names (``vit.layers.N.attention.q_proj``) are read; exports use the installed version's names.
@@ -19,7 +22,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from mimkit.plugin_api import CheckpointError, ConfigError, build_model, load_state, read_hf_folder
+from mimkit.plugin_api import CheckpointError, ConfigError, Exporter, load, read_hf_folder
 
 _BLOCK = {"layernorm_before.": "norm1.", "layernorm_after.": "norm2.", "attention.o_proj.": "attn.proj.",
           "mlp.fc1.": "mlp.fc1.", "mlp.fc2.": "mlp.fc2."}
@@ -109,7 +112,8 @@ def recipe_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "encoder": {"name": "vit", "model": "vit_base_patch16_224", "img_size": cfg["image_size"],
                     "patch_size": cfg["patch_size"], "in_chans": cfg["num_channels"], "embed_dim": d,
                     "depth": cfg["num_hidden_layers"], "num_heads": cfg["num_attention_heads"],
-                    "mlp_ratio": cfg["intermediate_size"] / d, "pos_embed": "sincos", "mode": "visible_only"},
+                    "mlp_ratio": cfg["intermediate_size"] / d, "pos_embed": "sincos", "mode": "visible_only",
+                    "norm_eps": cfg.get("layer_norm_eps", 1e-12)},
         "masker": {"name": "random", "ratio": cfg.get("mask_ratio", 0.75)},
         "target": {"name": "pixels", "norm": "patch" if cfg.get("norm_pix_loss", False) else "none"},
         "decoder": {"name": "mae", "embed_dim": dd, "depth": cfg["decoder_num_hidden_layers"],
@@ -153,24 +157,19 @@ def import_hf(obj: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], bool] 
 
 
 
-def set_layernorm_eps(module: nn.Module, eps: float) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.LayerNorm):
-            m.eps = eps
-
-
 def load_hf(folder: str | Path) -> nn.Module:
-    """A mimkit MAE model (eval mode) from a ``ViTMAEForPreTraining`` folder; every LayerNorm
-    takes the config's ``layer_norm_eps`` (1e-12 in Hugging Face's own ports, 1e-6 officially)."""
+    """A mimkit MAE model (eval mode) from a ``ViTMAEForPreTraining`` folder: ``mimkit.load``
+    (every LayerNorm takes the config's ``layer_norm_eps``: 1e-12 in Hugging Face's own ports,
+    1e-6 officially), refusing a folder that is not a ViTMAE one."""
     obj = read_hf_folder(folder)
-    found = import_hf(obj)
-    if found is None:
+    if import_hf(obj) is None:
         raise CheckpointError(f"{folder}: not a ViTMAEForPreTraining folder")
-    recipe, state, strict = found
-    model = build_model(recipe)
-    load_state(model, state, str(folder), strict=strict)
-    set_layernorm_eps(model, float(obj["hf_config"].get("layer_norm_eps", 1e-12)))
-    return model.eval()
+    return load(folder)
+
+
+def _layernorm_eps(model: nn.Module) -> set[float]:
+    return {float(m.eps) for part in (model.encoder, model.decoder) for m in part.modules()
+            if isinstance(m, nn.LayerNorm)}
 
 
 def hf_config_for(model: nn.Module) -> dict[str, Any]:
@@ -187,6 +186,13 @@ def hf_config_for(model: nn.Module) -> dict[str, Any]:
         problems.append("decoder: `mae` predicting all tokens")
     if target is None or getattr(getattr(target, "config", None), "norm", None) not in ("patch", "none"):
         problems.append("target: `pixels` with norm patch or none")
+    losses = getattr(model, "losses", None) or {}
+    if [type(x).__name__ for x in losses.values()] != ["MaskedMSE"] or any(
+            getattr(x.config, "tokens", "masked") != "masked" or getattr(x.config, "pre_layernorm", False)
+            or x.weight != 1.0 for x in losses.values()):
+        problems.append("losses: one `masked_mse` on the hidden tokens, weight 1 (ViTMAE computes no other term)")
+    if not problems and len(_layernorm_eps(model)) != 1:
+        problems.append(f"one LayerNorm eps everywhere (ViTMAE's config has one layer_norm_eps), got {sorted(_layernorm_eps(model))}")
     if problems:
         raise ConfigError("export to ViTMAEForPreTraining needs an MAE model; " + "; ".join(problems))
     blk, dblk = vit.blocks[0], dec.blocks[0]
@@ -194,7 +200,7 @@ def hf_config_for(model: nn.Module) -> dict[str, Any]:
         "model_type": "vit_mae", "architectures": ["ViTMAEForPreTraining"],
         "hidden_size": enc.embed_dim, "num_hidden_layers": len(vit.blocks), "num_attention_heads": blk.attn.num_heads,
         "intermediate_size": blk.mlp.fc1.out_features, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "layer_norm_eps": float(blk.norm1.eps),
+        "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "layer_norm_eps": _layernorm_eps(model).pop(),
         "image_size": enc.img_size[0], "patch_size": enc.patch[-1], "num_channels": enc.in_chans, "qkv_bias": True,
         "decoder_num_attention_heads": dblk.attn.num_heads, "decoder_hidden_size": dec.embed.out_features,
         "decoder_num_hidden_layers": len(dec.blocks), "decoder_intermediate_size": dblk.mlp.fc1.out_features,
@@ -241,3 +247,9 @@ def export_hf(model: nn.Module, folder: str | Path) -> Path:
     except ImportError as exc:  # pragma: no cover - optional dependency
         raise ConfigError("exporting to Hugging Face needs transformers: pip install 'mimkit-mae[hf]'") from exc
     return save_hf(ViTMAEForPreTraining, ViTMAEConfig(**hf_config_for(model)), to_hf_state(model), folder)
+
+
+EXPORTER = Exporter(format="hf", check=hf_config_for, write=export_hf,
+                    describes="a transformers ViTMAEForPreTraining folder",
+                    load_hint="transformers.ViTMAEForPreTraining.from_pretrained({path}) or mimkit.load({path})")
+

@@ -5,7 +5,7 @@ from mimkit.plugin_api import hookimpl, package_presets
 
 from .convert import import_official
 from .decoder import MAEDecoder
-from .hf import import_hf
+from .hf import EXPORTER, import_hf
 
 MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
 
@@ -24,3 +24,9 @@ def mimkit_presets():
 @hookimpl
 def mimkit_importers():
     return {"mae_official": import_official, "vit_mae_hf": import_hf}
+
+
+@hookimpl
+def mimkit_exporters():
+    return {"vit_mae_hf": EXPORTER}
+

@@ -1,6 +1,7 @@
-"""Hugging Face ViTMAEForPreTraining folders in and out: an export loads offline with
-``from_pretrained`` and gives the same loss and predictions on the same noise; an HF folder
-loads into mimkit with the same outputs; both transformers key layouts are read."""
+"""Hugging Face ViTMAEForPreTraining folders in and out: ``mim export SRC --format hf OUT``
+writes a folder that loads offline with ``from_pretrained`` and gives the same loss and
+predictions on the same noise; ``mimkit.load(folder)`` reads an HF folder (ours or one made by
+transformers) with the same outputs; both transformers key layouts are read."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,8 @@ import pytest
 import torch
 
 import mimkit
+from mimkit.cli import main
+from mimkit.export import export
 from mimkit.plugin_api import read_hf_folder
 from mimkit_mae.hf import canonical, export_hf, import_hf, load_hf
 
@@ -19,31 +22,75 @@ TINY = {"method": "mae_tiny_fashion_mnist",
                   "decoder": {"embed_dim": 32, "depth": 1, "num_heads": 2}}}
 
 
-def test_export_loads_offline_with_the_same_loss(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _tiny_trained_like():
     torch.manual_seed(0)
     model = mimkit.build(TINY).eval()
     with torch.no_grad():  # move every parameter off its init so the check sees them all
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    folder = export_hf(model, tmp_path / "hf")
-    cfg = json.loads((folder / "config.json").read_text())
-    assert cfg["layer_norm_eps"] == 1e-6 and cfg["mask_ratio"] == 0.75 and cfg["norm_pix_loss"] is True
-    hf = transformers.ViTMAEForPreTraining.from_pretrained(folder, local_files_only=True).eval()
+    return model
+
+
+def _inputs():
     x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
     noise = torch.rand(3, 64, generator=torch.Generator().manual_seed(2))
+    return x, noise
+
+
+def test_cli_export_hf_loads_offline_with_the_same_loss(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = _tiny_trained_like()
+    full = tmp_path / "model.safetensors"
+    export(model, full, "full")  # a source the CLI loads, as a run folder would be
+    assert main(["export", str(full), "--format", "hf", str(tmp_path / "hf")]) == 0
+    said = capsys.readouterr().out
+    assert "exporter vit_mae_hf" in said and "ViTMAEForPreTraining.from_pretrained" in said
+    folder = tmp_path / "hf"
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["layer_norm_eps"] == 1e-6 and cfg["mask_ratio"] == 0.75 and cfg["norm_pix_loss"] is True
+    assert not list(tmp_path.glob(".hf.tmp-*"))  # written aside, renamed in one step
+    hf = transformers.ViTMAEForPreTraining.from_pretrained(folder, local_files_only=True).eval()
+    x, noise = _inputs()
     with torch.no_grad():
         ours = model({"image": x}, noise=noise)
         theirs = hf(pixel_values=x, noise=noise)
     assert torch.equal(theirs.mask.bool(), ours.mask.hidden)
     assert (theirs.logits - ours.pred).abs().max() < 1e-5
     assert abs(float(theirs.loss) - float(ours.loss)) < 1e-6
-    # and back: the folder loads into mimkit with identical weights
-    back = load_hf(folder)
+    # and back through the core's loader: identical weights, identical loss
+    back = mimkit.load(folder)
+    assert back.recipe.model["encoder"]["norm_eps"] == 1e-6
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
     with torch.no_grad():
         assert torch.equal(back({"image": x}, noise=noise).loss, ours.loss)
+        # the explicit mask (HF's convention, True = hidden) gives the same loss
+        torch.testing.assert_close(back({"image": x}, mask=theirs.mask.bool()).loss, theirs.loss, rtol=0, atol=1e-6)
+
+
+def test_cli_export_hf_refuses_clearly(tmp_path, capsys) -> None:
+    full = tmp_path / "m.safetensors"
+    export(_tiny_trained_like(), full, "full")
+    assert main(["export", str(full), "--format", "onnx", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "export format must be one of ['timm', 'full', 'hf'], got 'onnx'" in err
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    assert main(["export", str(full), "--format", "hf", str(tmp_path / "busy")]) == 2
+    assert "is not empty" in capsys.readouterr().err and (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+    # SupMAE is an MAE plus a classification loss that ViTMAE cannot express: refused, with each exporter's reason
+    sup = mimkit.build({"method": "supmae_tiny_fashion_mnist", "model": TINY["model"]}).eval()
+    export(sup, tmp_path / "sup.safetensors", "full")
+    assert main(["export", str(tmp_path / "sup.safetensors"), "--format", "hf", str(tmp_path / "sup_hf")]) == 2
+    err = capsys.readouterr().err
+    assert "no installed 'hf' exporter describes this model (supmae_tiny_fashion_mnist)" in err
+    assert "vit_mae_hf (mae): export to ViTMAEForPreTraining needs an MAE model; losses: one `masked_mse`" in err
+    assert "videomae_hf (videomae)" in err
+    assert not (tmp_path / "sup_hf").exists() and not list(tmp_path.glob(".sup_hf.tmp-*"))
+    # a model whose encoder and decoder norms differ cannot be one layer_norm_eps
+    odd = mimkit.build({**TINY, "model": {**TINY["model"], "encoder": {**TINY["model"]["encoder"], "norm_eps": 1e-5}}})
+    with pytest.raises(mimkit.MimkitError, match=r"one LayerNorm eps everywhere.*\[1e-06, 1e-05\]"):
+        export(odd, tmp_path / "odd_hf", "hf")
 
 
 def test_hf_folder_with_its_own_eps_loads_and_matches(tmp_path) -> None:
@@ -54,7 +101,9 @@ def test_hf_folder_with_its_own_eps_loads_and_matches(tmp_path) -> None:
     torch.manual_seed(3)
     hf = transformers.ViTMAEForPreTraining(cfg).eval()  # layer_norm_eps 1e-12, as HF's own ports
     hf.save_pretrained(tmp_path / "hf")
-    model = load_hf(tmp_path / "hf")
+    model = mimkit.load(tmp_path / "hf")  # the core's loader, through the plugin's importer
+    assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-12}
+    assert torch.equal(load_hf(tmp_path / "hf").state_dict()["encoder.vit.cls_token"], model.encoder.vit.cls_token)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     noise = torch.rand(2, 16, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():

@@ -32,6 +32,7 @@ class VideoMAEDecoder(nn.Module):
         mlp_ratio: float = 4.0
         qkv_bias: str = attrs.field(default="qv", validator=one_of("qv", "qkv", "none"))
         norm_eps: float = 1e-6
+        final_norm_eps: float | None = None  # the last LayerNorm's eps (None: norm_eps); Hugging Face's is 1e-5
         predict: str = attrs.field(default="masked", validator=one_of("masked", "all"))
         out_dim: int | None = None  # defaults to the target's width (pixels: pt*ph*pw*C)
 
@@ -52,7 +53,7 @@ class VideoMAEDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.register_buffer("pos_embed", sinusoid_table(enc.num_patches, d).unsqueeze(0), persistent=False)  # (1, N, d)
         self.blocks = make_blocks(d, config.depth, config.num_heads, config.mlp_ratio, config.qkv_bias, config.norm_eps)
-        self.norm = nn.LayerNorm(d, eps=config.norm_eps)
+        self.norm = nn.LayerNorm(d, eps=config.norm_eps if config.final_norm_eps is None else config.final_norm_eps)
         self.head = nn.Linear(d, out_dim)
         init_videomae_(self)
         # the official PretrainVisionTransformer never applies _init_weights to itself, so

@@ -2,12 +2,17 @@
 
 * :func:`import_hf` (the ``videomae_hf`` importer): ``{"hf_config": dict, "state": tensors}``
   (a folder's ``config.json`` + weights) -> ``(recipe, state, strict)``.
-* :func:`load_hf(folder)`: a mimkit model (eval mode) from a folder.
-* :func:`export_hf(model, folder)`: a folder ``VideoMAEForPreTraining.from_pretrained`` loads
-  offline (``layer_norm_eps`` 1e-6 written, ``use_mean_pooling: false`` so the encoder keeps its
-  final norm). Hugging Face's decoder hard-codes eps 1e-5 in its last LayerNorm where the
-  official code and mimkit use 1e-6: on the same ``bool_masked_pos`` the exported model's
-  predictions move by about 1e-5 and its loss by about 1e-6 (tested bounds: 1e-4 and 1e-5).
+  ``mimkit.load(folder)`` goes through it: the recipe carries ``layer_norm_eps`` and, for the
+  decoder's last LayerNorm, the 1e-5 that Hugging Face hard-codes there (``final_norm_eps``), so
+  the loaded model computes what transformers computes.
+* :func:`load_hf(folder, decoder_norm_eps)`: ``mimkit.load`` with a choice of that last eps
+  (None: the config's, the official 1e-6 for an official-equivalent model).
+* :func:`export_hf(model, folder)` (the ``videomae_hf`` exporter, ``mim export RUN --format hf
+  OUT``): a folder ``VideoMAEForPreTraining.from_pretrained`` loads offline (``layer_norm_eps``
+  written, ``use_mean_pooling: false`` so the encoder keeps its final norm). Hugging Face's
+  decoder hard-codes eps 1e-5 in its last LayerNorm where the official code and mimkit use
+  1e-6: on the same ``bool_masked_pos`` the exported model's predictions move by about 1e-5
+  and its loss by about 1e-6 (tested bounds: 1e-4 and 1e-5).
   Inputs: HF takes (B, T, C, H, W), mimkit (B, C, T, H, W).
 """
 from __future__ import annotations
@@ -19,7 +24,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from mimkit.plugin_api import CheckpointError, ConfigError, build_model, load_state, read_hf_folder
+from mimkit.plugin_api import CheckpointError, ConfigError, Exporter, load, read_hf_folder
+
+#: transformers' VideoMAEDecoder builds its last norm as ``nn.LayerNorm(decoder_hidden_size)``
+HF_DECODER_NORM_EPS = 1e-5
 
 _BLOCK = {"layernorm_before.": "norm1.", "layernorm_after.": "norm2.", "attention.o_proj.": "attn.proj.",
           "mlp.fc1.": "mlp.fc1.", "mlp.fc2.": "mlp.fc2."}
@@ -99,7 +107,8 @@ def recipe_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "target": target,
         "decoder": {"name": "videomae", "embed_dim": dd, "depth": cfg["decoder_num_hidden_layers"],
                     "num_heads": cfg["decoder_num_attention_heads"], "mlp_ratio": cfg["decoder_intermediate_size"] / dd,
-                    "qkv_bias": "qv", "norm_eps": cfg.get("layer_norm_eps", 1e-12), "predict": "masked"},
+                    "qkv_bias": "qv", "norm_eps": cfg.get("layer_norm_eps", 1e-12), "predict": "masked",
+                    "final_norm_eps": HF_DECODER_NORM_EPS},
         "losses": {"rec": {"name": "masked_mse"}},
     }}
 
@@ -115,20 +124,15 @@ def import_hf(obj: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], bool] 
 
 
 
-def load_hf(folder: str | Path, decoder_norm_eps: float | None = 1e-5) -> nn.Module:
-    """A mimkit VideoMAE (eval mode) from a ``VideoMAEForPreTraining`` folder. The decoder's final
-    LayerNorm takes ``decoder_norm_eps`` (1e-5: what Hugging Face computes with; None keeps
-    the config's eps, the official 1e-6 for an official-equivalent model)."""
+def load_hf(folder: str | Path, decoder_norm_eps: float | None = HF_DECODER_NORM_EPS) -> nn.Module:
+    """A mimkit VideoMAE (eval mode) from a ``VideoMAEForPreTraining`` folder (``mimkit.load``).
+    The decoder's final LayerNorm takes ``decoder_norm_eps`` (1e-5: what Hugging Face computes
+    with; None keeps the config's eps, the official 1e-6 for an official-equivalent model)."""
     obj = read_hf_folder(folder)
-    found = import_hf(obj)
-    if found is None:
+    if import_hf(obj) is None:
         raise CheckpointError(f"{folder}: not a VideoMAEForPreTraining folder")
-    recipe, state, strict = found
-    model = build_model(recipe)
-    load_state(model, state, str(folder), strict=strict)
-    if decoder_norm_eps is not None:
-        model.decoder.norm.eps = decoder_norm_eps
-    return model.eval()
+    eps = obj["hf_config"].get("layer_norm_eps", 1e-12) if decoder_norm_eps is None else decoder_norm_eps
+    return load(folder, overrides=[f"model.decoder.final_norm_eps={eps!r}"])
 
 
 def hf_config_for(model: nn.Module) -> dict[str, Any]:
@@ -142,6 +146,16 @@ def hf_config_for(model: nn.Module) -> dict[str, Any]:
     if tc is None or getattr(tc, "norm", None) not in ("patch_channel", "none") or (
             list(getattr(tc, "input_mean", []) or []) != [0.485, 0.456, 0.406]):
         problems.append("target: `pixels` with norm patch_channel (or none) after undoing ImageNet normalization")
+    losses = getattr(model, "losses", None) or {}
+    if [type(x).__name__ for x in losses.values()] != ["MaskedMSE"] or any(
+            getattr(x.config, "pre_layernorm", False) or x.weight != 1.0 for x in losses.values()):
+        problems.append("losses: one `masked_mse`, weight 1 (VideoMAE computes no other term)")
+    if not problems:
+        # the decoder's last norm aside: transformers builds it with eps 1e-5 whatever the config says
+        eps = {float(m.eps) for part in (enc, dec) for m in part.modules()
+               if isinstance(m, nn.LayerNorm) and m is not dec.norm}
+        if len(eps) != 1:
+            problems.append(f"one LayerNorm eps in the blocks (the config has one layer_norm_eps), got {sorted(eps)}")
     if problems:
         raise ConfigError("export to VideoMAEForPreTraining needs a VideoMAE model; " + "; ".join(problems))
     blk, dblk = enc.blocks[0], dec.blocks[0]
@@ -187,3 +201,9 @@ def export_hf(model: nn.Module, folder: str | Path) -> Path:
     folder = Path(folder)
     hf.save_pretrained(folder)
     return folder
+
+
+EXPORTER = Exporter(format="hf", check=hf_config_for, write=export_hf,
+                    describes="a transformers VideoMAEForPreTraining folder",
+                    load_hint="transformers.VideoMAEForPreTraining.from_pretrained({path}) or mimkit.load({path})")
+

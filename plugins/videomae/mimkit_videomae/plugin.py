@@ -8,7 +8,7 @@ from .convert import import_official
 from .data import SkvideoClips, VideoFolder
 from .decoder import VideoMAEDecoder
 from .encoder import VideoViTEncoder
-from .hf import import_hf
+from .hf import EXPORTER, import_hf
 from .masking import TubeMasker
 from .moving import MovingFashionMNIST
 from .visualize import VideoPixelTarget, VideoReconstruction
@@ -55,3 +55,9 @@ def mimkit_visualizers():
 @hookimpl
 def mimkit_importers():
     return {"videomae_official": import_official, "videomae_hf": import_hf}
+
+
+@hookimpl
+def mimkit_exporters():
+    return {"videomae_hf": EXPORTER}
+
