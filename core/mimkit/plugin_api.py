@@ -24,8 +24,8 @@ from .data import (
 )
 from .errors import CheckpointError, ConfigError, DataError, MimkitError, PluginError
 from .evaluation import (
-    LinearProbe, classifier_from_encoder, cosine_lr, eval_datasets, head_subset, load_source, select_train,
-    topk_accuracy, train_linear_probe,
+    LinearProbe, classifier_from_encoder, cosine_lr, encoder_features, eval_datasets, eval_encoder, head_subset,
+    load_source, select_train, topk_accuracy, train_linear_probe,
 )
 from .components.teachers import EMATeacher, FrozenTeacher, cls_attention, encoder_outputs
 from .components.vit import ViTEncoder
@@ -64,7 +64,7 @@ __all__ = [
     "load", "build", "build_model", "load_state", "read_hf_folder",
     # evaluation pieces for plugin protocols (layer sweeps, test-time training, MRA fine-tuning)
     "LinearProbe", "classifier_from_encoder", "cosine_lr", "eval_datasets", "head_subset", "load_source",
-    "select_train", "topk_accuracy", "train_linear_probe",
+    "select_train", "topk_accuracy", "train_linear_probe", "eval_encoder", "encoder_features",
     # errors
     "MimkitError", "ConfigError", "DataError", "CheckpointError", "PluginError",
 ]

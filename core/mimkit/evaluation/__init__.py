@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from ..schedules import warmup_cosine as cosine_lr
 from .common import (
-    CommonConfig, class_balanced_split, dataset_labels, eval_datasets, extract_features, head_subset, indices_hash,
-    load_source, make_accelerator, select_train, topk_accuracy, vit_encoder,
+    CommonConfig, class_balanced_split, dataset_labels, encoder_features, eval_datasets, eval_encoder, extract_features,
+    head_subset, indices_hash, load_source, make_accelerator, protocol_config, select_train, topk_accuracy, vit_encoder,
 )
 from .finetune import FineTune, classifier_from_encoder, finetune, timm_kwargs
 from .knn import KNN, knn, knn_predict
@@ -26,7 +26,8 @@ PROTOCOLS = {"knn": KNN, "linprobe": LinProbe, "finetune": FineTune}
 
 __all__ = [
     "knn", "linprobe", "finetune", "KNN", "LinProbe", "FineTune", "PROTOCOLS", "CommonConfig", "cosine_lr",
-    "class_balanced_split", "dataset_labels", "eval_datasets", "extract_features", "head_subset", "indices_hash",
-    "load_source", "make_accelerator", "select_train", "topk_accuracy", "vit_encoder", "classifier_from_encoder", "timm_kwargs",
-    "knn_predict", "LARS", "LinearProbe", "train_linear_probe",
+    "class_balanced_split", "dataset_labels", "eval_datasets", "eval_encoder", "encoder_features", "extract_features",
+    "head_subset", "indices_hash", "load_source", "make_accelerator", "select_train", "topk_accuracy", "vit_encoder",
+    "protocol_config", "classifier_from_encoder", "timm_kwargs", "knn_predict", "LARS", "LinearProbe",
+    "train_linear_probe",
 ]

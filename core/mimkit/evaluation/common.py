@@ -24,7 +24,7 @@ from ..config import Recipe, resolve
 from ..data import collate
 from ..errors import CheckpointError, ConfigError, MimkitError
 from ..plugins import registry as get_registry
-from ..schema import component, in_range, one_of, positive
+from ..schema import component, in_range, one_of, positive, structure
 
 
 @attrs.define(kw_only=True)
@@ -46,8 +46,12 @@ def record_name(protocol: str, config: Any) -> str:
     return f"{protocol}_{config.init}{frac}_seed{config.seed}.json"
 
 
-def common_kwargs(config: Any) -> dict[str, Any]:
-    return {f.name: getattr(config, f.name) for f in attrs.fields(CommonConfig)}
+def protocol_config(cls: type, options: dict[str, Any], name: str) -> Any:
+    """The keyword options of a protocol's Python function (``knn(src, k=10)``) as its
+    validated ``Config``: the Config is the one place the defaults live, for the function and
+    for the ``mim eval`` flags alike. Unknown names and bad values are ConfigErrors."""
+    values = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
+    return structure(cls.Config, values, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +95,33 @@ def vit_encoder(model: torch.nn.Module) -> torch.nn.Module:
     if enc is None or not hasattr(enc, "vit"):
         raise MimkitError("this protocol needs a model whose encoder is the timm `vit` encoder")
     return enc
+
+
+def eval_encoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The encoder evaluation reads: ``model.eval_encoder`` when the model defines one (iBOT,
+    AttMask: the EMA teacher's, as their official evaluation loads the ``teacher`` weights),
+    else the model's ``vit`` encoder."""
+    enc = getattr(model, "eval_encoder", None)
+    if enc is None:
+        return vit_encoder(model)
+    if not hasattr(enc, "vit"):
+        raise MimkitError(f"{type(model).__name__}.eval_encoder is not a timm `vit` encoder")
+    return enc
+
+
+@torch.no_grad()
+def encoder_features(enc: torch.nn.Module, x: torch.Tensor, pool: str = "cls", n_last_blocks: int = 1) -> torch.Tensor:
+    """Frozen features of whole inputs: (B, D), or (B, n_last_blocks * D) with the pooled,
+    final-normed output of each of the last ``n_last_blocks`` blocks concatenated (DINO/iBOT's
+    linear protocol, ``--n_last_blocks 4``: ``get_intermediate_layers`` applies the final norm
+    to each block's output, then the [CLS] tokens are concatenated)."""
+    if n_last_blocks == 1:
+        return enc.pool(enc.forward_features(x), pool)
+    depth = len(enc.vit.blocks)
+    if not 1 <= n_last_blocks <= depth:
+        raise ConfigError(f"n_last_blocks must be in [1, {depth}] (the encoder's depth), got {n_last_blocks}")
+    _, layers = enc.encode(enc.embed(x, None), None, return_layers=True)
+    return torch.cat([enc.pool(enc.vit.norm(h), pool) for h in layers[-n_last_blocks:]], dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,17 +265,19 @@ def extract_features(
     pool: str = "cls",
     batch_size: int = 256,
     accelerator: Any = None,
+    n_last_blocks: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen features and labels of a whole dataset, in dataset order, on the CPU:
-    (N, D) float32 and (N,) int64. Sharded over processes and gathered back."""
+    """Frozen features (:func:`encoder_features` of :func:`eval_encoder`) and labels of a whole
+    dataset, in dataset order, on the CPU: (N, D) float32 and (N,) int64. Sharded over
+    processes and gathered back."""
     accelerator = accelerator or make_accelerator()
-    enc = vit_encoder(model)
+    enc = eval_encoder(model)
     enc.eval().to(accelerator.device)
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate))
     feats, labels = [], []
     for batch in loader:
         x = batch["image"].to(accelerator.device)  # (B, C, H, W)
-        f = enc.pool(enc.forward_features(x), pool).float()  # (B, D)
+        f = encoder_features(enc, x, pool, n_last_blocks).float()  # (B, D) or (B, K*D)
         y = torch.as_tensor(batch["label"], device=accelerator.device)
         f, y = accelerator.gather_for_metrics((f, y))
         feats.append(f.cpu())
@@ -288,15 +321,14 @@ def finish(record: dict[str, Any], out: str | os.PathLike | None, accelerator: A
     return record
 
 
-def features_for(source, init, seed, pool, labels_fraction, split_seed, limit_train, limit_test_n, val_root,
-                  batch_size):
-    model = load_source(source, init=init, seed=seed)
-    train_ds, test_ds = eval_datasets(model.recipe, val_root)
-    train_sub, split = select_train(train_ds, labels_fraction, split_seed, limit_train)
-    test_sub = head_subset(test_ds, limit_test_n)
+def features_for(source: Any, c: Any, pool: str, batch_size: int, n_last_blocks: int = 1):
+    """(model, accelerator, split record, number of classes, (train feats, labels, test feats,
+    labels)) for a protocol of Config ``c`` (its CommonConfig fields) on ``source``."""
+    model = load_source(source, init=c.init, seed=c.seed)
+    train_ds, test_ds = eval_datasets(model.recipe, c.val_root)
+    train_sub, split = select_train(train_ds, c.labels_fraction, c.split_seed, c.limit_train)
+    test_sub = head_subset(test_ds, c.limit_test)
     acc = make_accelerator()
-    tr_f, tr_y = extract_features(model, train_sub, pool, batch_size, acc)
-    te_f, te_y = extract_features(model, test_sub, pool, batch_size, acc)
+    tr_f, tr_y = extract_features(model, train_sub, pool, batch_size, acc, n_last_blocks)
+    te_f, te_y = extract_features(model, test_sub, pool, batch_size, acc, n_last_blocks)
     return model, acc, split, num_classes(train_ds, test_ds), (tr_f, tr_y, te_f, te_y)
-
-

@@ -18,18 +18,19 @@ from ..data import SeededDataset, collate
 from ..errors import CheckpointError
 from ..schedules import warmup_cosine as cosine_lr
 from .common import (
-    CommonConfig, common_kwargs, common_record, eval_datasets, finish, head_subset, load_source, make_accelerator,
-    num_classes, record_name, select_train, topk_accuracy, vit_encoder,
+    CommonConfig, common_record, eval_datasets, eval_encoder, finish, head_subset, load_source, make_accelerator,
+    num_classes, protocol_config, record_name, select_train, topk_accuracy,
 )
 
 
 def classifier_from_encoder(model: torch.nn.Module, num_classes: int, drop_path: float = 0.1) -> nn.Module:
-    """A timm VisionTransformer classifier with the encoder's weights: global average pooling
+    """A timm VisionTransformer classifier with the weights of the model's evaluation encoder
+    (``model.eval_encoder`` when defined, else its ``vit`` encoder): global average pooling
     of the patch tokens, ``fc_norm`` (fresh) instead of the final ``norm``, a new head
     (weights N(0, 2e-5) truncated, as MAE), ``drop_path`` stochastic depth."""
     import timm
 
-    enc = vit_encoder(model)
+    enc = eval_encoder(model)
     cfg = enc.config
     kwargs = timm_kwargs(enc)
     if getattr(cfg, "norm_eps", None) is not None:  # e.g. 1e-12 of a Hugging Face import
@@ -64,31 +65,7 @@ def timm_kwargs(enc: torch.nn.Module) -> dict[str, Any]:
     return kwargs
 
 
-def finetune(
-    source: str | os.PathLike,
-    *,
-    init: str = "pretrained",
-    seed: int = 0,
-    labels_fraction: float | None = None,
-    split_seed: int = 0,
-    limit_train: int | None = None,
-    limit_test: int | None = None,
-    val_root: str | None = None,
-    epochs: int = 100,
-    batch_size: int = 64,
-    blr: float = 5e-4,
-    layer_decay: float = 0.75,
-    weight_decay: float = 0.05,
-    drop_path: float = 0.1,
-    warmup_epochs: float = 5.0,
-    min_lr: float = 1e-6,
-    mixup: float = 0.8,
-    cutmix: float = 1.0,
-    smoothing: float = 0.1,
-    augment: bool = True,
-    clip_grad: float | None = None,
-    out: str | os.PathLike | None = None,
-) -> dict[str, Any]:
+def finetune(source: str | os.PathLike, *, out: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
     """MAE end-to-end fine-tuning of the source's encoder (or of a random init), evaluated on
     the test split (top-1 / top-5) after the last epoch.
 
@@ -97,7 +74,22 @@ def finetune(
     decay on 1-D params and tokens); mixup/cutmix with label smoothing via ``timm.data.Mixup``
     and ``SoftTargetCrossEntropy`` (plain smoothed CE when both alphas are 0). Augmentation is
     the recipe's RandomResizedCrop + flip (MAE adds RandAugment and random erasing: not here).
+    Starts from ``model.eval_encoder`` when the model defines one (iBOT/AttMask: the teacher).
+
+    ``options`` are the fields of :class:`FineTune.Config` (``epochs``, ``batch_size``, ``blr``,
+    ``layer_decay``, ... and the common ones), with its defaults: the same as ``mim eval
+    finetune --help`` lists.
     """
+    return FineTune(protocol_config(FineTune, options, "finetune"))([source], out=out)
+
+
+def _finetune(source: str | os.PathLike, c: "FineTune.Config", out: str | os.PathLike | None) -> dict[str, Any]:
+    init, seed, labels_fraction, split_seed = c.init, c.seed, c.labels_fraction, c.split_seed
+    limit_train, limit_test, val_root = c.limit_train, c.limit_test, c.val_root
+    epochs, batch_size, blr, layer_decay, weight_decay = c.epochs, c.batch_size, c.blr, c.layer_decay, c.weight_decay
+    drop_path, warmup_epochs, min_lr = c.drop_path, c.warmup_epochs, c.min_lr
+    mixup, cutmix, smoothing, augment, clip_grad = c.mixup, c.cutmix, c.smoothing, c.augment, c.clip_grad
+
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import param_groups_layer_decay
@@ -108,10 +100,10 @@ def finetune(
     train_ds, test_ds = eval_datasets(model.recipe, val_root, train_augment=augment)
     train_sub, split = select_train(train_ds, labels_fraction, split_seed, limit_train)
     test_sub = head_subset(test_ds, limit_test)
-    c = num_classes(train_ds, test_ds)
+    n_cls = num_classes(train_ds, test_ds)
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))  # Mixup draws its lambdas from NumPy
-    clf = classifier_from_encoder(model, c, drop_path)
+    clf = classifier_from_encoder(model, n_cls, drop_path)
     base_record = common_record("finetune", source, init, seed, model, split, 0)
     del model  # the decoder is not needed any more
 
@@ -129,7 +121,7 @@ def finetune(
     test_loader = DataLoader(test_sub, batch_size=256, shuffle=False, collate_fn=collate)
     clf, opt, train_loader, test_loader = accelerator.prepare(clf, opt, train_loader, test_loader)
     use_mix = mixup > 0 or cutmix > 0
-    mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=c) if use_mix else None
+    mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=n_cls) if use_mix else None
     loss_fn = SoftTargetCrossEntropy() if use_mix else (
         LabelSmoothingCrossEntropy(smoothing) if smoothing > 0 else nn.CrossEntropyLoss())
     steps_per_epoch = max(1, len(train_loader))
@@ -202,8 +194,4 @@ class FineTune:
         return record_name("finetune", self.config)
 
     def __call__(self, sources: list[str], out: str | os.PathLike | None = None) -> dict[str, Any]:
-        c = self.config
-        return finetune(sources[0], epochs=c.epochs, batch_size=c.batch_size, blr=c.blr, layer_decay=c.layer_decay,
-                        weight_decay=c.weight_decay, drop_path=c.drop_path, warmup_epochs=c.warmup_epochs,
-                        min_lr=c.min_lr, mixup=c.mixup, cutmix=c.cutmix, smoothing=c.smoothing, augment=c.augment,
-                        clip_grad=c.clip_grad, out=out, **common_kwargs(c))
+        return _finetune(sources[0], self.config, out)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..schema import in_range, one_of, positive
-from .common import CommonConfig, common_kwargs, common_record, features_for, finish, record_name, topk_accuracy
+from .common import CommonConfig, common_record, features_for, finish, protocol_config, record_name, topk_accuracy
 
 
 @torch.no_grad()
@@ -44,38 +44,17 @@ def knn_predict(
     return torch.cat(out)
 
 
-def knn(
-    source: str | os.PathLike,
-    *,
-    k: int = 20,
-    temperature: float = 0.07,
-    pool: str = "cls",
-    init: str = "pretrained",
-    seed: int = 0,
-    labels_fraction: float | None = None,
-    split_seed: int = 0,
-    limit_train: int | None = None,
-    limit_test: int | None = None,
-    val_root: str | None = None,
-    batch_size: int = 256,
-    out: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """Weighted k-NN accuracy of the source's frozen features; returns (and writes) the record."""
-    t0 = time.perf_counter()
-    model, acc, split, c, (tr_f, tr_y, te_f, te_y) = features_for(
-        source, init, seed, pool, labels_fraction, split_seed, limit_train, limit_test, val_root, batch_size)
-    scores = knn_predict(tr_f, tr_y, te_f, c, k=k, temperature=temperature)
-    record = common_record("knn", source, init, seed, model, split, len(te_y))
-    record.update({"k": k, "temperature": temperature, "pool": pool, **topk_accuracy(scores, te_y),
-                   "seconds": round(time.perf_counter() - t0, 2)})
-    record["summary"] = f"knn: top-1 {record['top1']:.4f}  top-5 {record['top5']:.4f}"
-    return finish(record, out, acc)
-
-
+def knn(source: str | os.PathLike, *, out: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
+    """Weighted k-NN accuracy of the source's frozen features; returns (and writes to ``out``)
+    the record. ``options`` are the fields of :class:`KNN.Config` (``k``, ``temperature``,
+    ``pool``, ``batch_size`` and the common ones: ``init``, ``seed``, ``labels_fraction``,
+    ``limit_train``, ...), with its defaults: the same as ``mim eval knn --help`` lists."""
+    return KNN(protocol_config(KNN, options, "knn"))([source], out=out)
 
 
 class KNN:
-    """Weighted k-NN accuracy of frozen features (k=20, T=0.07, as DINO)."""
+    """Weighted k-NN accuracy of frozen features (k=20, T=0.07, as DINO). Reads
+    ``model.eval_encoder`` when the model defines one (iBOT/AttMask: the teacher)."""
 
     @attrs.define(kw_only=True)
     class Config(CommonConfig):
@@ -91,6 +70,12 @@ class KNN:
         return record_name("knn", self.config)
 
     def __call__(self, sources: list[str], out: str | os.PathLike | None = None) -> dict[str, Any]:
-        c = self.config
-        return knn(sources[0], k=c.k, temperature=c.temperature, pool=c.pool, batch_size=c.batch_size, out=out,
-                   **common_kwargs(c))
+        c, source = self.config, sources[0]
+        t0 = time.perf_counter()
+        model, acc, split, n_cls, (tr_f, tr_y, te_f, te_y) = features_for(source, c, c.pool, c.batch_size)
+        scores = knn_predict(tr_f, tr_y, te_f, n_cls, k=c.k, temperature=c.temperature)
+        record = common_record("knn", source, c.init, c.seed, model, split, len(te_y))
+        record.update({"k": c.k, "temperature": c.temperature, "pool": c.pool, **topk_accuracy(scores, te_y),
+                       "seconds": round(time.perf_counter() - t0, 2)})
+        record["summary"] = f"knn: top-1 {record['top1']:.4f}  top-5 {record['top5']:.4f}"
+        return finish(record, out, acc)

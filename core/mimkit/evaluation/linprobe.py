@@ -14,8 +14,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..schedules import warmup_cosine as cosine_lr
-from ..schema import one_of
-from .common import CommonConfig, common_kwargs, common_record, features_for, finish, record_name, topk_accuracy
+from ..schema import one_of, positive
+from .common import CommonConfig, common_record, features_for, finish, protocol_config, record_name, topk_accuracy
 
 
 class LinearProbe(nn.Module):
@@ -109,51 +109,24 @@ def train_linear_probe(
     return probe.eval()
 
 
-def linprobe(
-    source: str | os.PathLike,
-    *,
-    pool: str = "cls",
-    init: str = "pretrained",
-    seed: int = 0,
-    labels_fraction: float | None = None,
-    split_seed: int = 0,
-    limit_train: int | None = None,
-    limit_test: int | None = None,
-    val_root: str | None = None,
-    epochs: int = 90,
-    batch_size: int = 256,
-    blr: float = 0.1,
-    weight_decay: float = 0.0,
-    warmup_epochs: float = 10,
-    optimizer: str = "sgd",
-    out: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """MAE linear-probe accuracy (features extracted once, without augmentation)."""
-    t0 = time.perf_counter()
-    model, acc, split, c, (tr_f, tr_y, te_f, te_y) = features_for(
-        source, init, seed, pool, labels_fraction, split_seed, limit_train, limit_test, val_root, batch_size)
-    probe = train_linear_probe(tr_f, tr_y, c, epochs=epochs, batch_size=batch_size, blr=blr,
-                               weight_decay=weight_decay, warmup_epochs=min(warmup_epochs, epochs),
-                               optimizer=optimizer, seed=seed)
-    with torch.no_grad():
-        scores = probe(te_f)
-        train_top1 = topk_accuracy(probe(tr_f), tr_y, (1,))["top1"]
-    record = common_record("linprobe", source, init, seed, model, split, len(te_y))
-    record.update({"pool": pool, "epochs": epochs, "batch_size": batch_size, "blr": blr, "optimizer": optimizer,
-                   "weight_decay": weight_decay, "train_top1": train_top1, **topk_accuracy(scores, te_y),
-                   "seconds": round(time.perf_counter() - t0, 2)})
-    record["summary"] = f"linprobe: top-1 {record['top1']:.4f}  top-5 {record['top5']:.4f}"
-    return finish(record, out, acc)
-
-
+def linprobe(source: str | os.PathLike, *, out: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
+    """MAE linear-probe accuracy (features extracted once, without augmentation); returns (and
+    writes to ``out``) the record. ``options`` are the fields of :class:`LinProbe.Config`
+    (``pool``, ``n_last_blocks``, ``epochs``, ``batch_size``, ``blr``, ... and the common ones),
+    with its defaults: the same as ``mim eval linprobe --help`` lists."""
+    return LinProbe(protocol_config(LinProbe, options, "linprobe"))([source], out=out)
 
 
 class LinProbe:
-    """MAE's linear probe on frozen features (BatchNorm without affine + linear, SGD or LARS)."""
+    """MAE's linear probe on frozen features (BatchNorm without affine + linear, SGD or LARS).
+    Reads ``model.eval_encoder`` when the model defines one (iBOT/AttMask: the teacher);
+    ``n_last_blocks`` K > 1 concatenates the final-normed [CLS] of the last K blocks (the
+    DINO/iBOT protocol uses 4 for ViT-S, 1 for ViT-B)."""
 
     @attrs.define(kw_only=True)
     class Config(CommonConfig):
         pool: str = attrs.field(default="cls", validator=one_of("cls", "mean"))
+        n_last_blocks: int = attrs.field(default=1, validator=positive)  # concatenate the last K blocks' pooled outputs
         epochs: int = 90
         batch_size: int = 256
         blr: float = 0.1  # lr = blr * batch / 256
@@ -168,7 +141,20 @@ class LinProbe:
         return record_name("linprobe", self.config)
 
     def __call__(self, sources: list[str], out: str | os.PathLike | None = None) -> dict[str, Any]:
-        c = self.config
-        return linprobe(sources[0], pool=c.pool, epochs=c.epochs, batch_size=c.batch_size, blr=c.blr,
-                        weight_decay=c.weight_decay, warmup_epochs=c.warmup_epochs, optimizer=c.optimizer, out=out,
-                        **common_kwargs(c))
+        c, source = self.config, sources[0]
+        t0 = time.perf_counter()
+        model, acc, split, n_cls, (tr_f, tr_y, te_f, te_y) = features_for(
+            source, c, c.pool, c.batch_size, c.n_last_blocks)
+        probe = train_linear_probe(tr_f, tr_y, n_cls, epochs=c.epochs, batch_size=c.batch_size, blr=c.blr,
+                                   weight_decay=c.weight_decay, warmup_epochs=min(c.warmup_epochs, c.epochs),
+                                   optimizer=c.optimizer, seed=c.seed)
+        with torch.no_grad():
+            scores = probe(te_f)
+            train_top1 = topk_accuracy(probe(tr_f), tr_y, (1,))["top1"]
+        record = common_record("linprobe", source, c.init, c.seed, model, split, len(te_y))
+        record.update({"pool": c.pool, "n_last_blocks": c.n_last_blocks, "feature_dim": int(tr_f.shape[1]),
+                       "epochs": c.epochs, "batch_size": c.batch_size, "blr": c.blr, "optimizer": c.optimizer,
+                       "weight_decay": c.weight_decay, "train_top1": train_top1, **topk_accuracy(scores, te_y),
+                       "seconds": round(time.perf_counter() - t0, 2)})
+        record["summary"] = f"linprobe: top-1 {record['top1']:.4f}  top-5 {record['top5']:.4f}"
+        return finish(record, out, acc)

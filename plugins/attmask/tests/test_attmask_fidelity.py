@@ -158,3 +158,34 @@ def test_evaluation_reads_the_teacher(tiny) -> None:
     enc = m.teacher.copies["encoder"]
     _, layers = enc.encode(enc.embed(x), None, return_layers=True)
     torch.testing.assert_close(f4[:, -48:], enc.vit.norm(layers[-1])[:, 0])  # the last block's normed [CLS]
+
+
+def test_core_protocols_read_the_teacher(tiny, tmp_path) -> None:
+    """k-NN / linear probe features and the fine-tuning classifier come from the teacher
+    (``eval_encoder``), as the official scripts load ``teacher`` weights; ``n_last_blocks=2``
+    equals the model's own ``last2`` features (the DINO/iBOT concatenation)."""
+    from mimkit import evaluate as ev
+    from mimkit.export import export
+
+    torch.manual_seed(0)
+    m = tiny.eval()
+    with torch.no_grad():
+        for p in m.teacher.copies["encoder"].parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    export(m, tmp_path / "ibot.safetensors", "full")
+    model = ev.load_source(tmp_path / "ibot.safetensors")
+    teacher, student = model.teacher.copies["encoder"], model.encoder
+    images = [{"image": torch.randn(1, 32, 32, generator=torch.Generator().manual_seed(i)), "label": i % 3}
+              for i in range(6)]
+    x = torch.stack([d["image"] for d in images])
+    feats, labels = ev.extract_features(model, images, "cls", batch_size=4)
+    with torch.no_grad():
+        torch.testing.assert_close(feats, teacher.forward_features(x)[:, 0], rtol=0, atol=1e-6)
+        assert (feats - student.forward_features(x)[:, 0]).abs().max() > 1e-3
+        f2, _ = ev.extract_features(model, images, "cls", batch_size=4, n_last_blocks=2)
+        assert f2.shape == (6, 96)
+        torch.testing.assert_close(f2, model.features(x, pool="last2"), rtol=0, atol=1e-6)
+    assert labels.tolist() == [0, 1, 2, 0, 1, 2]
+    clf = ev.classifier_from_encoder(model, 3)
+    assert torch.equal(clf.blocks[1].attn.qkv.weight, teacher.vit.blocks[1].attn.qkv.weight)
+    assert not torch.equal(clf.blocks[1].attn.qkv.weight, student.vit.blocks[1].attn.qkv.weight)
