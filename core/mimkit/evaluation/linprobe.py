@@ -120,8 +120,8 @@ def linprobe(source: str | os.PathLike, *, out: str | os.PathLike | None = None,
 class LinProbe:
     """MAE's linear probe on frozen features (BatchNorm without affine + linear, SGD or LARS).
     Reads ``model.eval_encoder`` when the model defines one (iBOT/AttMask: the teacher);
-    ``n_last_blocks`` K > 1 concatenates the final-normed [CLS] of the last K blocks (the
-    DINO/iBOT protocol uses 4 for ViT-S, 1 for ViT-B)."""
+    ``n_last_blocks`` K > 1 concatenates the final-normed [CLS] (or ``pool: mean``, the mean
+    patch token) of the last K blocks (DINO/iBOT's ``--n_last_blocks``, 4 for ViT-S)."""
 
     @attrs.define(kw_only=True)
     class Config(CommonConfig):
