@@ -73,3 +73,32 @@ def test_a_masker_that_corrupts_the_input_refuses_a_token_mask() -> None:
                                                                                     "num_heads": 3}}}).eval()
     with pytest.raises(ValueError, match="corrupts the input"):
         model({"image": torch.randn(2, 1, 32, 32)}, mask=torch.zeros(2, 64, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("preset", ["flip_tiny_fashion_mnist", "milan_tiny_fashion_mnist",
+                                    "siamese_mim_tiny_fashion_mnist"])
+def test_method_models_take_an_explicit_mask(preset: str) -> None:
+    """Whole-method models with a visible-only encoder take ``mask=`` too (the core's
+    ``explicit_mask``): the same loss as the noise path for the map it gives."""
+    from mimkit.api import build_dataset
+    from mimkit.config import deep_merge
+    from mimkit.data import collate
+    from mimkit.testing import tiny_overrides
+
+    torch.manual_seed(0)
+    recipe = mimkit.resolve(deep_merge({"method": preset}, tiny_overrides(preset, limit=8)))
+    model = mimkit.api.build_model(recipe).eval()
+    ds = build_dataset(recipe, train=False)
+    batch = collate([ds[i] for i in range(3)])
+    batch.pop("_skipped", None)
+    n = model.masker.num_tokens
+    noise = model.masker.draw(3, torch.Generator().manual_seed(1), torch.device("cpu"))
+    with torch.no_grad():
+        a = model(batch, noise=noise)
+        b = model(batch, mask=a.mask.hidden)
+    assert 0 < int(a.mask.hidden.sum()) < 3 * n and torch.equal(b.mask.hidden, a.mask.hidden)
+    torch.testing.assert_close(b.loss, a.loss, rtol=0, atol=1e-5)
+    uneven = a.mask.hidden.clone()
+    uneven[0, int(uneven[0].nonzero()[0])] = False  # row 0 hides one token fewer
+    with pytest.raises(ValueError, match="same number of hidden tokens"):
+        model(batch, mask=uneven)

@@ -34,7 +34,7 @@ from .geometry import (
     sincos_2d, sincos_3d, unpatchify,
 )
 from .hookspecs import HOOK_API_VERSION, hookimpl
-from .components.masked import MaskedModel
+from .components.masked import MaskedModel, explicit_mask
 from .model import MethodModel
 from .plugins import registry
 from .schema import FieldError, component, one_of
@@ -48,7 +48,7 @@ __all__ = [
     # data types every component speaks
     "Mask", "Context", "Outputs",
     # building components
-    "BuildEnv", "Masker", "Loss", "LossConfig", "MethodModel", "MaskedModel", "component", "one_of",
+    "BuildEnv", "Masker", "Loss", "LossConfig", "MethodModel", "MaskedModel", "explicit_mask", "component", "one_of",
     "FieldError", "package_presets", "init_xavier_",
     # the contracts of the other kinds (typing.Protocol: structural, no need to inherit)
     "Encoder", "Decoder", "Target", "Teacher", "Visualizer", "Dataset", "EvalProtocol", "Exporter",

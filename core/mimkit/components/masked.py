@@ -24,6 +24,28 @@ from ..types import Context, Mask, Outputs
 from . import BuildEnv
 
 
+def explicit_mask(hidden: torch.Tensor, encoder: nn.Module, masker: nn.Module | None, batch_size: int) -> Mask:
+    """The Mask of an explicit (B, N) boolean map over the encoder's tokens (True = hidden, as
+    Hugging Face's ``bool_masked_pos``), for a model's ``forward(batch, mask=...)``. A
+    visible-only encoder needs the same hidden count in every row (it batches the kept tokens);
+    a ``with_mask_token`` encoder takes rows that differ. A masker whose masks are not token maps
+    (``token_masks = False``) refuses it."""
+    if masker is not None and not getattr(masker, "token_masks", True):
+        raise ValueError(f"the masker ({type(masker).__name__}) corrupts the input instead of hiding tokens: an "
+                         "explicit token mask does not apply (pass noise)")
+    n = getattr(masker, "num_tokens", None) or math.prod(encoder.grid)
+    if hidden.dtype != torch.bool or tuple(hidden.shape) != (batch_size, n):
+        raise ValueError(f"mask must be a boolean (B, N) = ({batch_size}, {n}) map (True = hidden), "
+                         f"got {hidden.dtype} {tuple(hidden.shape)}")
+    mode = getattr(getattr(encoder, "config", None), "mode", "visible_only")
+    if mode == "visible_only":
+        counts = hidden.sum(1)
+        if bool((counts != counts[0]).any()):
+            raise ValueError(f"mask: the visible-only encoder needs the same number of hidden tokens in every "
+                             f"row (it batches the kept ones); got {counts.tolist()}")
+    return Mask.from_hidden(hidden, equal_counts=mode == "visible_only")
+
+
 class MaskedModel(MethodModel):
     """Masker + encoder + decoder + target + losses (+ teacher), each chosen by name."""
 
@@ -79,31 +101,12 @@ class MaskedModel(MethodModel):
         if mask is not None:
             if noise is not None:
                 raise ValueError("pass either noise or mask, not both")
-            return self.explicit_mask(mask.to(x.device), x.shape[0])
+            return explicit_mask(mask.to(x.device), self.encoder, self.masker, x.shape[0])
         if noise is None:
             noise = batch.get("mask_noise")
         if noise is None:
             noise = self.masker.draw(x.shape[0], ctx.generator, x.device)
         return self.masker(batch, noise.to(x.device), ctx)
-
-    def explicit_mask(self, hidden: torch.Tensor, batch_size: int) -> Mask:
-        """A Mask from a (B, N) boolean map over the encoder's tokens. A visible-only encoder
-        needs the same hidden count in every row (it batches the kept tokens); a
-        ``with_mask_token`` encoder takes rows that differ."""
-        if not getattr(self.masker, "token_masks", True):
-            raise ValueError(f"model.masker ({type(self.masker).__name__}) corrupts the input instead of hiding tokens: an explicit "
-                             "token mask does not apply (pass noise)")
-        n = getattr(self.masker, "num_tokens", None) or math.prod(self.encoder.grid)
-        if hidden.dtype != torch.bool or tuple(hidden.shape) != (batch_size, n):
-            raise ValueError(f"mask must be a boolean (B, N) = ({batch_size}, {n}) map (True = hidden), "
-                             f"got {hidden.dtype} {tuple(hidden.shape)}")
-        mode = getattr(getattr(self.encoder, "config", None), "mode", "visible_only")
-        if mode == "visible_only":
-            counts = hidden.sum(1)
-            if bool((counts != counts[0]).any()):
-                raise ValueError(f"mask: the visible-only encoder needs the same number of hidden tokens in every "
-                                 f"row (it batches the kept ones); got {counts.tolist()}")
-        return Mask.from_hidden(hidden, equal_counts=mode == "visible_only")
 
     def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> Outputs:

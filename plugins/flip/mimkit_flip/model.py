@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.plugin_api import BuildEnv, ConfigError, Context, Mask, MethodModel, Outputs, component, one_of
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, Mask, MethodModel, explicit_mask, Outputs, component, one_of
 
 from mimkit_text import build_text_tower
 
@@ -153,11 +153,16 @@ class FLIP(MethodModel):
             return Mask.from_noise(noise, noise.shape[1])  # unmasked tuning: keep every patch
         return self.masker(batch, noise, ctx)
 
-    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
+    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> Outputs:
+        """One step; ``mask`` (a (B, N) bool map, True = hidden) replaces the masker's."""
         ctx = ctx if ctx is not None else Context()
         x = batch[self.input_key]  # (B, C, H, W)
         texts = batch[self.config.text_key]  # B captions
-        mask = self.make_mask(batch, ctx, noise)
+        if mask is not None:
+            mask = explicit_mask(mask.to(x.device), self.encoder, self.masker, x.shape[0])
+        else:
+            mask = self.make_mask(batch, ctx, noise)
         latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1 + K, D)
         z_img = self._normalize(self.img_proj(self.pool_image(latent)))  # (B, E)
         z_txt = self.encode_text(texts)  # (B, E)

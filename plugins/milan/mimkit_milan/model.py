@@ -20,7 +20,7 @@ import attrs
 import torch
 from torch import nn
 
-from mimkit.plugin_api import BuildEnv, ConfigError, Context, MethodModel, Outputs, component
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, MethodModel, Outputs, component, explicit_mask
 
 
 def milan_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -64,16 +64,21 @@ class MILAN(MethodModel):
         self.masker = cls(cfg, env)
         self.input_key = config.input_key
 
-    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
+    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> Outputs:
+        """One step; ``mask`` (a (B, N) bool map, True = hidden) replaces the attention-guided one."""
         ctx = ctx if ctx is not None else Context()
         x = batch[self.input_key]  # (B, C, H, W)
         with torch.no_grad():
             ctx.teacher = self.teacher(batch, ctx)  # teacher_tokens (B, 1+N, E), teacher_cls_attn (B, N)
-        if noise is None:
-            noise = batch.get("mask_noise")
-        if noise is None:
-            noise = self.masker.draw(x.shape[0], ctx.generator, x.device)
-        mask = self.masker(batch, noise.to(x.device), ctx)  # keeps 25%, ∝ attention
+        if mask is not None:
+            mask = explicit_mask(mask.to(x.device), self.encoder, self.masker, x.shape[0])
+        else:
+            if noise is None:
+                noise = batch.get("mask_noise")
+            if noise is None:
+                noise = self.masker.draw(x.shape[0], ctx.generator, x.device)
+            mask = self.masker(batch, noise.to(x.device), ctx)  # keeps 25%, ∝ attention
         latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1 + K, D)
         pred = self.decoder(latent, mask, ctx)  # (B, 1 + N, E)
         target = ctx.teacher["teacher_tokens"].float()

@@ -28,7 +28,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from mimkit.plugin_api import BuildEnv, component, ConfigError, Context, gather_tokens, Mask, MethodModel, one_of, Outputs
+from mimkit.plugin_api import BuildEnv, component, ConfigError, Context, explicit_mask, gather_tokens, Mask, MethodModel, one_of, Outputs
 
 
 def complementary_mask(mask: Mask) -> Mask:
@@ -117,15 +117,20 @@ class SiameseMIM(MethodModel):
             tokens = F.layer_norm(tokens.float(), tokens.shape[-1:])
         return tokens
 
-    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
+    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> Outputs:
+        """One step; ``mask`` (a (B, N) bool map, True = hidden) replaces the masker's."""
         ctx = ctx if ctx is not None else Context()
         c = self.config
         x = batch[self.input_key]  # (B, C, H, W)
-        if noise is None:
-            noise = batch.get("mask_noise")
-        if noise is None:
-            noise = self.masker.draw(x.shape[0], ctx.generator, x.device)
-        mask = self.masker(batch, noise.to(x.device), ctx)
+        if mask is not None:
+            mask = explicit_mask(mask.to(x.device), self.encoder, self.masker, x.shape[0])
+        else:
+            if noise is None:
+                noise = batch.get("mask_noise")
+            if noise is None:
+                noise = self.masker.draw(x.shape[0], ctx.generator, x.device)
+            mask = self.masker(batch, noise.to(x.device), ctx)
         latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1+K, D) online view x * M
         pred = self.decoder(latent, mask, ctx)  # (B, N, D_t)
         comp = complementary_mask(mask)  # keeps the hidden tokens, ascending
