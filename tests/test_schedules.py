@@ -79,3 +79,17 @@ def test_the_trainer_runs_the_chosen_schedule(tmp_path) -> None:
     for step, lr in lrs.items():
         assert lr == pytest.approx(lr_at(step, 1e-3, cfg, 2, 6), rel=1e-9), (step, lr)
     assert lrs[2] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 6)))  # inside the cosine
+
+
+def test_min_and_warmup_lrs_scale_with_the_batch_when_asked() -> None:
+    """MFM's main_mfm.py scales lr, warm-up lr and min lr by batch / 512 alike."""
+    cfg = OptimConfig(base_lr=3e-4, ref_batch=512, warmup_start_lr=2.5e-7, min_lr=2.5e-6, scale_min_lr=True,
+                      schedule="timm_cosine")
+    peak = 3e-4 * 1024 / 512
+    assert lr_at(0, peak, cfg, 10, 100) == pytest.approx(2.5e-7 * 2)
+    assert lr_at(100, peak, cfg, 10, 100) == pytest.approx(2.5e-6 * 2)
+    absolute = OptimConfig(base_lr=3e-4, ref_batch=512, warmup_start_lr=2.5e-7, min_lr=2.5e-6)
+    assert lr_at(0, peak, absolute, 10, 100) == pytest.approx(2.5e-7)
+    # an absolute optim.lr has no batch scaling to follow
+    fixed = OptimConfig(lr=1e-3, warmup_start_lr=1e-6, min_lr=1e-5, scale_min_lr=True)
+    assert lr_at(0, 1e-3, fixed, 10, 100) == pytest.approx(1e-6)

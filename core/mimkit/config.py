@@ -124,6 +124,9 @@ class OptimConfig:
     warmup_epochs: float = attrs.field(default=40.0, validator=in_range(0))
     warmup_start_lr: float = attrs.field(default=0.0, validator=in_range(0))
     min_lr: float = attrs.field(default=0.0, validator=in_range(0))
+    # min_lr and warmup_start_lr are per ref_batch like base_lr, scaled by effective batch / ref_batch
+    # (MFM's main_mfm.py scales all three); false: absolute values
+    scale_min_lr: bool = False
     # cosine: the cosine starts after the warm-up (MAE); timm_cosine: timm's CosineLRScheduler with
     # warmup_prefix=False, the warm-up counted inside the cosine (MFM/SimMIM) - mimkit.schedules
     schedule: str = attrs.field(default="cosine", validator=one_of("cosine", "timm_cosine"))

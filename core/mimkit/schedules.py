@@ -47,9 +47,14 @@ SCHEDULES = {"cosine": warmup_cosine, "timm_cosine": timm_cosine}
 
 def lr_at(step: int, peak: float, cfg: Any, warmup_steps: int, total_steps: int) -> float:
     """The pretraining lr of an :class:`~mimkit.config.OptimConfig`: warmup from
-    ``warmup_start_lr``, then the cosine ``cfg.schedule`` names down to ``min_lr``."""
+    ``warmup_start_lr``, then the cosine ``cfg.schedule`` names down to ``min_lr``. With
+    ``cfg.scale_min_lr`` (and the peak from ``base_lr``) those two scale with the peak,
+    by effective batch / ``ref_batch``."""
     fn = SCHEDULES[getattr(cfg, "schedule", "cosine")]
-    return fn(step, peak, warmup_steps, total_steps, cfg.min_lr, cfg.warmup_start_lr)
+    scale = 1.0
+    if getattr(cfg, "scale_min_lr", False) and cfg.lr is None and cfg.base_lr > 0:
+        scale = peak / cfg.base_lr  # = effective batch / ref_batch
+    return fn(step, peak, warmup_steps, total_steps, cfg.min_lr * scale, cfg.warmup_start_lr * scale)
 
 
 def wd_at(step: int, cfg: Any, total_steps: int) -> float:

@@ -42,7 +42,11 @@ def test_tokens_not_decayed_and_lrs_scaled_by_batch_over_512() -> None:
     o = r.optim
     assert o.decay_tokens is False
     eff = r.train.batch_size * r.train.grad_accum  # 128 x 8 = 1024
-    assert o.warmup_start_lr == pytest.approx(2.5e-7 * eff / 512) and o.min_lr == pytest.approx(2.5e-6 * eff / 512)
+    # the official per-512 values, scaled with the batch like the lr (main_mfm.py)
+    assert o.warmup_start_lr == 2.5e-7 and o.min_lr == 2.5e-6 and o.scale_min_lr is True and o.ref_batch == 512
+    peak = o.base_lr * eff / 512
+    assert lr_at(0, peak, o, 20, 300) == pytest.approx(2.5e-7 * eff / 512)
+    assert lr_at(300, peak, o, 20, 300) == pytest.approx(2.5e-6 * eff / 512)
     m = mimkit.build({"method": "mfm_tiny_fashion_mnist", "model": {"encoder": {"embed_dim": 48, "depth": 1, "num_heads": 3}}})
     groups = param_groups(m, 0.05, decay_tokens=False)
     no_decay = {id(p) for p in groups[1]["params"]}
@@ -57,13 +61,14 @@ def test_presets_use_timm_cosine_with_the_warmup_inside() -> None:
     for name in ("mfm_vit_base_patch16", "mfm_resnet50", "mfm_tiny_fashion_mnist"):
         assert resolve({"method": name}).optim.schedule == "timm_cosine", name
     o = resolve({"method": "mfm_vit_base_patch16"}).optim
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    peak, s = o.base_lr * 1024 / 512, 1024 / 512  # main_mfm.py: lr, warmup lr and min lr x batch / 512
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
     total, warm = 200, 20
-    sched = CosineLRScheduler(opt, t_initial=total, lr_min=o.min_lr, warmup_lr_init=o.warmup_start_lr, warmup_t=warm,
-                              cycle_limit=1, t_in_epochs=False)  # as MFM's lr_scheduler.py
+    sched = CosineLRScheduler(opt, t_initial=total, lr_min=o.min_lr * s, warmup_lr_init=o.warmup_start_lr * s,
+                              warmup_t=warm, cycle_limit=1, t_in_epochs=False)  # as MFM's lr_scheduler.py
     for step in [0, 1, 10, 19, 20, 21, 100, 150, 199, 200, 230]:
         sched.step_update(step)
         ref = opt.param_groups[0]["lr"]
-        assert lr_at(step, 1e-3, o, warm, total) == pytest.approx(ref, rel=1e-9), step
+        assert lr_at(step, peak, o, warm, total) == pytest.approx(ref, rel=1e-9), step
     # not the same as a cosine started after the warm-up (the core's default schedule)
-    assert lr_at(20, 1e-3, o, warm, total) < 1e-3 * 0.99
+    assert lr_at(20, peak, o, warm, total) < peak * 0.99
