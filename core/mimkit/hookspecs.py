@@ -105,7 +105,10 @@ def mimkit_models() -> Mapping[str, type[MethodModel]]:
     with ``loss`` and ``losses`` set. Optional: ``set_schedule(total_steps, steps_per_epoch)``,
     ``on_step_end(step)``, ``on_epoch_end(epoch)`` (called by the trainer when defined),
     ``masker.sample_noise`` (per-sample mask randomness drawn in the loader), ``input_key``,
-    ``encoder`` and ``features(x)`` for evaluation."""
+    ``encoder`` and ``features(x)`` for evaluation, ``eval_encoder`` (the encoder the
+    evaluation protocols read instead of ``encoder``: iBOT's teacher), ``param_groups(
+    weight_decay)`` (the optimizer groups, instead of the generic decay rule) and
+    ``forward(..., mask=)`` (an explicit (B, N) bool map, True = hidden)."""
 
 
 @hookspec
