@@ -1,4 +1,4 @@
-"""A plugin's export format through ``mim export SRC --format NAME OUT`` (hook
+"""Checkpoints in and out through plugins. A plugin's export format through ``mim export SRC --format NAME OUT`` (hook
 ``mimkit_exporters``): tried in name order, the first whose check accepts the model writes the
 folder; a malformed exporter marks its plugin broken."""
 import torch
@@ -72,3 +72,22 @@ def test_a_malformed_exporter_breaks_only_its_plugin(tmp_path):
     plugins = {p[0]: p for p in res["plugins"]}
     assert "exporter 'x'" in plugins["badexp"][2] and "expected an Exporter (format, check, write)" in plugins["badexp"][2]
     assert plugins["mae"][2] is None and "exporters" in plugins["mae"][3]
+
+
+def test_a_hugging_face_folder_no_importer_knows_is_named(tmp_path):
+    import json
+
+    import pytest
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    save_file({"embeddings.word_embeddings.weight": torch.zeros(4, 2)}, str(folder / "model.safetensors"))
+    with pytest.raises(mimkit.CheckpointError, match=r"no installed importer recognizes this Hugging Face folder "
+                                                     r"\(config.json model_type 'bert', architectures \['BertModel'\]\)"
+                                                     r".*vit_mae_hf \(mae\)"):
+        mimkit.load(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(mimkit.CheckpointError, match="no model.safetensors or pytorch_model.bin"):
+        mimkit.load(folder)
