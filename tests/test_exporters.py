@@ -1,6 +1,7 @@
-"""Checkpoints in and out through plugins. A plugin's export format through ``mim export SRC --format NAME OUT`` (hook
-``mimkit_exporters``): tried in name order, the first whose check accepts the model writes the
-folder; a malformed exporter marks its plugin broken."""
+"""Checkpoints in and out through plugins: a plugin's export format through ``mim export SRC
+--format NAME OUT`` (hook ``mimkit_exporters``: tried in name order, the first whose check
+accepts the model writes the folder; a malformed exporter marks its plugin broken), and a
+Hugging Face folder no importer knows."""
 import torch
 
 import mimkit
