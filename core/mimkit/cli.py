@@ -94,7 +94,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 0
     print(f"wrote {info['path']} ({info['num_tensors']} tensors, format {info['format']})")
     if args.format == "timm":
-        print("load it with:\n  import timm\n  model = " + info["create_model"])
+        imports = "import functools, timm, torch" if "functools." in info["create_model"] else "import timm"
+        print(f"load it with:\n  {imports}\n  model = " + info["create_model"])
         print("(forward_features equals mimkit's; the default global_pool='token' head-less output equals "
               "model.features(x, 'cls'); global_pool='avg' adds a fresh fc_norm)")
     else:

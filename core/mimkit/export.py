@@ -42,6 +42,8 @@ def timm_create_call(model: torch.nn.Module, path: str | os.PathLike) -> str:
     """
     enc = vit_encoder(model)
     kw = ", ".join(f"{k}={v!r}" for k, v in timm_kwargs(enc).items())
+    if getattr(enc.config, "norm_eps", None) is not None:  # e.g. 1e-12 of a Hugging Face import
+        kw += f", norm_layer=functools.partial(torch.nn.LayerNorm, eps={enc.config.norm_eps!r})"
     return (f"timm.create_model({enc.config.model!r}, pretrained=True, "
             f"pretrained_cfg_overlay=dict(file={str(path)!r}), num_classes=0, {kw})")
 

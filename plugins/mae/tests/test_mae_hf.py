@@ -110,6 +110,16 @@ def test_hf_folder_with_its_own_eps_loads_and_matches(tmp_path) -> None:
         ours, theirs = model({"image": x}, noise=noise), hf(pixel_values=x, noise=noise)
     assert (theirs.logits - ours.pred).abs().max() < 1e-5
     assert abs(float(theirs.loss) - float(ours.loss)) < 1e-6
+    # its timm export carries the eps too: the printed create_model call rebuilds the same encoder
+    import functools
+
+    import timm
+
+    info = export(model, tmp_path / "enc.safetensors", "timm")
+    assert "norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-12)" in info["create_model"]
+    tm = eval(info["create_model"], {"timm": timm, "functools": functools, "torch": torch}).eval()
+    with torch.no_grad():
+        assert (tm.forward_features(x) - model.encoder.forward_features(x)).abs().max() < 1e-6
     # the importer hook reads a bare state dict too (sizes from the weights)
     recipe, state, _ = import_hf(read_hf_folder(tmp_path / "hf")["state"])
     assert recipe["model"]["encoder"]["embed_dim"] == 64 and "encoder.vit.blocks.1.attn.qkv.weight" in state
