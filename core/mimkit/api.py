@@ -85,7 +85,7 @@ def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source
 
 
 def _checkpoint_dir(path: Path) -> Path | None:
-    if (path / "model.safetensors").is_file():
+    if ckpt.has_model(path):
         return path
     if (path / "checkpoints").is_dir():
         return ckpt.latest(path / "checkpoints")
@@ -122,7 +122,7 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> torch.n
                                   "into it to rebuild the model)")
         recipe = _recipe_of((d / "recipe.yaml").read_text(errors="replace"), str(d / "recipe.yaml"), overrides)
         model = build_model(recipe)
-        load_state(model, ckpt.load_tensors(d / "model.safetensors"), str(d / "model.safetensors"))
+        load_state(model, *ckpt.load_model_state(d))
         model.recipe = recipe
         return model.eval()
     if p.suffix == ".safetensors":

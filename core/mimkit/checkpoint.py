@@ -1,7 +1,8 @@
 """Checkpoints that are never half-written and load without running code.
 
 Layout: ``<run>/checkpoints/step_<N>/`` holding ``model.safetensors``, ``optimizer.pt``
-(tensors only, loaded with ``weights_only=True``), ``rng_rank<r>.safetensors``,
+(tensors only, loaded with ``weights_only=True``) -- under FSDP instead ``sharded/``, the model and
+optimizer shards of every process (:mod:`mimkit.distributed`) --, ``rng_rank<r>.safetensors``,
 ``state.json`` (counters, versions, format) and ``recipe.yaml``; written into a temporary
 folder with a ``COMPLETE`` marker, fsynced, then renamed in one step. Old ones are pruned only afterwards.
 """
@@ -71,16 +72,15 @@ def write(
     step: int,
     files: dict[str, Any],
     keep_last: int,
+    staged: Path | None = None,
 ) -> Path:
     """Write one checkpoint atomically. ``files`` maps a file name to a state:
     ``*.safetensors`` -> dict of tensors, ``*.pt`` -> tensor-only object, ``*.json`` -> JSON,
-    other -> text."""
+    other -> text. ``staged``: a :func:`staging` folder that other processes already filled (the
+    shards of an FSDP checkpoint); it is completed and renamed like a fresh one."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step}"
-    tmp = ckpt_dir / f".tmp-step_{step}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = staged if staged is not None else staging(ckpt_dir, step, os.getpid(), fresh=True)
     name = COMPLETE
     try:
         for name, obj in files.items():
@@ -110,6 +110,18 @@ def write(
     _fsync_dir(ckpt_dir)
     prune(ckpt_dir, keep_last)
     return final
+
+
+def staging(ckpt_dir: Path, step: int, pid: int, fresh: bool = False) -> Path:
+    """The temporary folder a checkpoint is written into before its rename (``pid``: the writing
+    main process, whose :func:`prune` keeps it); ``fresh`` empties and creates it."""
+    tmp = ckpt_dir / f".tmp-step_{step}-{pid}"
+    if fresh:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    return tmp
 
 
 def prune(ckpt_dir: Path, keep_last: int) -> None:
@@ -153,6 +165,22 @@ def load_torch(path: Path) -> Any:
             f"refusing to load {path}: it is not a plain tensor file loadable with weights_only=True "
             f"(it may contain code, or be damaged). Details: {_first_line(exc)}"
         ) from None
+
+
+def has_model(folder: Path) -> bool:
+    """Whether a checkpoint folder holds model weights: ``model.safetensors`` or FSDP shards."""
+    return (folder / "model.safetensors").is_file() or (folder / "sharded" / ".metadata").is_file()
+
+
+def load_model_state(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """(the model's state, its file) of a checkpoint folder: ``model.safetensors``, or the FSDP
+    shards of ``sharded/`` consolidated in this process."""
+    folder = Path(folder)
+    if not (folder / "model.safetensors").is_file() and (folder / "sharded").is_dir():
+        from .distributed import read_sharded_model
+
+        return read_sharded_model(folder / "sharded"), str(folder / "sharded")
+    return load_tensors(folder / "model.safetensors"), str(folder / "model.safetensors")
 
 
 def read_hf_folder(folder: str | os.PathLike) -> dict[str, Any]:

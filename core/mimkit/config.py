@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import attrs
 import yaml
 
+from .distributed import DistributedConfig
 from .errors import ConfigError
 from .plugins import Registry
 from .plugins import registry as get_registry
@@ -162,6 +163,7 @@ class TrainConfig:
     knn_every: int | None = attrs.field(default=None, validator=positive)  # online k-NN probe every N steps
     knn_train: int = attrs.field(default=2000, validator=positive)  # bank: the first N un-augmented training items
     knn_test: int = attrs.field(default=1000, validator=positive)  # queries: the first N items of eval_data
+    distributed: DistributedConfig = attrs.field(factory=DistributedConfig)  # ddp | fsdp (mimkit.distributed)
 
 
 @attrs.define(kw_only=True)

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import distributed as dist_
 from .api import build_dataset, build_model, held_out_dataset, load_state
 from .config import OptimConfig, Recipe, TrainConfig, dump, resolve, yaml_load
 from .data import BatchedView, SeededDataset, collate, epoch_batches, has_batch_path, seed_for
@@ -326,17 +327,25 @@ class RunState:
 def _accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
     # Without CUDA, `accelerate launch --multi_gpu` starts the processes but Accelerate only joins
     # them (gloo) when told to run on the CPU.
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world > 1
     if not distributed:  # Accelerate's state is a process singleton: let notebooks train twice
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-    return Accelerator(
+    strategy, source = dist_.resolve_strategy(recipe.train.distributed, world)
+    plugin = dist_.fsdp_plugin(recipe.train.distributed) if strategy == "fsdp" else None
+    if strategy == "ddp":  # the recipe wins over an `accelerate config` that asked for FSDP
+        os.environ["ACCELERATE_USE_FSDP"] = "false"
+    accelerator = Accelerator(
         cpu=distributed and not torch.cuda.is_available(),
         mixed_precision=resolve_precision(recipe.train.mixed_precision),
         gradient_accumulation_steps=recipe.train.grad_accum,
         log_with="tensorboard",
         project_dir=str(run_dir),
+        fsdp_plugin=plugin,
     )
+    accelerator.mimkit_strategy = (strategy, source, plugin)  # read by _Run
+    return accelerator
 
 
 def _build(recipe: Recipe) -> tuple[torch.nn.Module, Any]:
@@ -463,9 +472,18 @@ class _Run:
         self.main, self.world, self.rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
         optimizer = make_optimizer(model, self.oc, lr=0.0)
         self.fast = fast_path(self.tc, optimizer, accelerator.device)
+        strategy, source, plugin = getattr(accelerator, "mimkit_strategy", ("none", "one process", None))
+        self.distributed: dict[str, Any] = {"strategy": strategy, "source": source}
+        if plugin is not None:
+            wrapped = dist_.prepare_fsdp(accelerator, plugin, self.tc.distributed, model,
+                                         resolve_precision(self.tc.mixed_precision))
+            self.distributed |= {"fsdp_version": 2, "reshard_after_forward": plugin.reshard_after_forward,
+                                 "units": wrapped, "checkpoint": "sharded (torch.distributed.checkpoint)"}
         if self.fast["compile"]:
             model = torch.compile(model)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.fsdp = dist_.is_fsdp(accelerator)
+        self.distributed["accelerate"] = accelerator.distributed_type.value
         core = accelerator.unwrap_model(self.model)
         self.core = getattr(core, "_orig_mod", core)
         if hasattr(self.core, "set_schedule"):
@@ -497,8 +515,17 @@ class _Run:
                 f"this run's data plan ({p.micro_per_epoch} micro-batches of {p.global_batch} per epoch, accumulation "
                 f"{self.tc.grad_accum}): the batch size, dataset or number of processes changed")
         self.changes = check_recipe_change(last, self.recipe, self.allow_optim_change)
-        load_state(self.core, ckpt.load_tensors(last / "model.safetensors"), str(last / "model.safetensors"))
-        self.optimizer.optimizer.load_state_dict(ckpt.load_torch(last / "optimizer.pt"))
+        sharded = (last / dist_.SHARDED).is_dir()
+        if sharded != self.fsdp:
+            raise CheckpointError(
+                f"{last} was written {'under FSDP (sharded/)' if sharded else 'without FSDP (model.safetensors)'} but "
+                f"this run uses {self.distributed['strategy']} ({self.distributed['source']}); resume it with the "
+                "strategy it was written with (train.distributed.strategy, `accelerate config`)")
+        if self.fsdp:  # every process reads its shards
+            dist_.load_sharded(self.core, self.optimizer.optimizer, last / dist_.SHARDED)
+        else:
+            load_state(self.core, ckpt.load_tensors(last / "model.safetensors"), str(last / "model.safetensors"))
+            self.optimizer.optimizer.load_state_dict(ckpt.load_torch(last / "optimizer.pt"))
         rng_file = last / f"rng_rank{self.rank}.safetensors"
         if rng_file.is_file():
             ckpt.set_rng_state(ckpt.load_tensors(rng_file))
@@ -526,14 +553,18 @@ class _Run:
                      "changes": {k: list(v) for k, v in self.changes.items()}}, default=str) + "\n", "a")
             meta = run_metadata(self.recipe, self.accelerator) | {
                 "total_steps": p.total_steps, "peak_lr": p.peak_lr, "effective_batch": p.effective_batch,
-                "steps_per_epoch": p.steps_per_epoch, "fast_path": self.fast | {"data": self.data_path}}
+                "steps_per_epoch": p.steps_per_epoch, "fast_path": self.fast | {"data": self.data_path},
+                "distributed": self.distributed}
             _write(self.run_dir / "meta.json", json.dumps(meta, indent=1, default=str))
         self.accelerator.init_trackers("tensorboard")
 
     def save(self, reason: str) -> Path | None:
         """An atomic checkpoint of everything needed to continue bitwise-identically; never of
         non-finite parameters, so the newest checkpoint is always a good one."""
-        bad = [n for n, t in self.core.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        bad = [n for n, t in self.core.state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(dist_.local(t)).all())]
+        if self.fsdp:  # each process sees its shards only: agree before anyone writes
+            bad = sorted({n for names in gather_object([bad]) for n in names})
         if bad:
             raise NonFiniteLoss(
                 f"non-finite parameters at step {self.state.step} ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
@@ -541,10 +572,12 @@ class _Run:
                 "Lower the lr, enable optim.clip_grad / bf16")
         rngs = gather_object([ckpt.rng_state()["torch_cpu"]])
         s, path = self.state, None
+        staged = self.save_shards() if self.fsdp else None
         if self.main:
-            files: dict[str, Any] = {
+            files: dict[str, Any] = {} if self.fsdp else {
                 "model.safetensors": ckpt.state_dict_for_save(self.core),
-                "optimizer.pt": self.optimizer.optimizer.state_dict(),
+                "optimizer.pt": self.optimizer.optimizer.state_dict()}
+            files |= {
                 "state.json": {"format": ckpt.FORMAT_VERSION, "step": s.step, "epoch": s.epoch, "micro": s.micro,
                                "reason": reason, "world_size": self.world, "total_steps": self.plan.total_steps},
                 "recipe.yaml": dump(self.recipe),
@@ -552,13 +585,49 @@ class _Run:
             for r, t in enumerate(rngs):
                 files[f"rng_rank{r}.safetensors"] = {"torch_cpu": t}
             try:
-                path = ckpt.write(self.ckpt_dir, s.step, files, self.tc.keep_last)
+                path = ckpt.write(self.ckpt_dir, s.step, files, self.tc.keep_last, staged=staged)
             except OSError as exc:  # disk full, quota, permissions: the previous checkpoint is intact
                 prev = ckpt.latest(self.ckpt_dir)
                 raise MimkitError(f"cannot write the checkpoint of step {s.step} into {self.ckpt_dir}: {exc}. "
                                   f"The previous checkpoint is intact: {prev}") from None
         self.accelerator.wait_for_everyone()
         return path
+
+    def save_shards(self) -> Path:
+        """FSDP: every process writes its model and optimizer shards into the main process's staging
+        folder (on a file system all of them see); a failure anywhere removes it and stops every process."""
+        from accelerate.utils import broadcast_object_list
+
+        pid = broadcast_object_list([os.getpid()])[0]
+        tmp = ckpt.staging(self.ckpt_dir, self.state.step, pid, fresh=self.main)
+        self.accelerator.wait_for_everyone()
+        error = ""
+        try:
+            dist_.save_sharded(self.core, self.optimizer.optimizer, tmp / dist_.SHARDED)
+        except Exception as exc:  # noqa: BLE001  (disk full, permissions: reported by every process)
+            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+        errors = [e for e in gather_object([error]) if e]
+        if errors:
+            if self.main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise MimkitError(f"cannot write the sharded checkpoint of step {self.state.step} into {self.ckpt_dir}: "
+                              f"{errors[0]}. The previous checkpoint is intact: {ckpt.latest(self.ckpt_dir)}")
+        return tmp
+
+    def plain_model(self) -> torch.nn.Module | None:
+        """The model for the main process's probes and pictures: itself, or under FSDP a plain copy
+        built from the consolidated shards (collective: every process calls it; None off the main)."""
+        if not self.fsdp:
+            return self.core
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(self.core, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.main:
+            return None
+        with torch.random.fork_rng(devices=[]):
+            plain = build_model(self.recipe)
+        plain.load_state_dict(state)
+        return plain.to(self.accelerator.device).train(self.core.training)
 
     # -- the step -----------------------------------------------------------------------------
 
@@ -659,9 +728,10 @@ class _Run:
         s.sums, s.count, s.t_log, s.seen_log = {}, 0, time.perf_counter(), 0
 
     def probe_knn(self, probe: "_OnlineKNN | None") -> None:
+        model = self.plain_model()  # every process (under FSDP the shards are gathered)
         if probe is not None and probe.ready:
             try:
-                top1 = probe(self.core)
+                top1 = probe(model)
             except Exception as exc:  # noqa: BLE001  (a probe never stops the training)
                 probe.disable(f"it failed: {type(exc).__name__}: {exc}")
                 self.accelerator.wait_for_everyone()
@@ -689,6 +759,8 @@ class _Run:
 
     def finish(self) -> None:
         s = self.state
+        wants_pictures = self.tc.visualize and s.status == "finished"
+        model = self.plain_model() if wants_pictures else None  # collective under FSDP
         self.accelerator.end_training()
         if not self.main:
             return
@@ -699,7 +771,7 @@ class _Run:
             print(f"stopped by signal at step {s.step}; checkpoint saved. Continue with --resume", file=sys.stderr)
         if self.tc.visualize and s.status == "finished":
             try:  # nothing after the last checkpoint may fail a finished run
-                _pictures(self.core, self.recipe, self.run_dir)
+                _pictures(model, self.recipe, self.run_dir)
             except Exception as exc:  # noqa: BLE001  (reported, never raised)
                 print(f"warning: the end-of-run pictures failed ({type(exc).__name__}: {exc}); the run finished "
                       f"and its checkpoint is saved in {self.ckpt_dir}", file=sys.stderr)
