@@ -9,6 +9,7 @@ from .components.targets import PixelTarget
 from .components.teachers import EMATeacher, FrozenTeacher
 from .components.vit import ViTEncoder
 from .components.datasets import FashionMNIST, ImageFolder
+from .components.shards import Shards
 from .evaluation import PROTOCOLS
 from .hookspecs import HOOK_API_VERSION, hookimpl
 from .components.masked import MaskedModel
@@ -49,7 +50,7 @@ def mimkit_models():
 
 @hookimpl
 def mimkit_datasets():
-    return {"fashion_mnist": FashionMNIST, "image_folder": ImageFolder}
+    return {"fashion_mnist": FashionMNIST, "image_folder": ImageFolder, "shards": Shards}
 
 
 @hookimpl

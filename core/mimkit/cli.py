@@ -1,4 +1,4 @@
-"""The ``mim`` command line: train, plugins, visualize, eval, export, plot."""
+"""The ``mim`` command line: train, plugins, visualize, eval, export, plot, shard."""
 from __future__ import annotations
 
 import argparse
@@ -120,6 +120,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_shard(args: argparse.Namespace) -> int:
+    from .components.shards import write_shards
+
+    info = write_shards(args.folder, args.out, args.shard_size)
+    print(f"wrote {info['num_samples']} images in {info['num_shards']} shards of up to {info['shard_size']} into "
+          f"{args.out} ({len(info['classes'])} classes); train on them with data: {{name: shards, root: {args.out}}}")
+    return 0
+
+
 def _protocol_parser(command: str, name: str, cls: type) -> argparse.ArgumentParser:
     """``mim eval NAME`` for a registered protocol: one flag per field of its attrs Config."""
     import attrs
@@ -218,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
                         "VideoMAEForPreTraining folders, with the mae / videomae plugins); default timm")
     p.add_argument("--out", default=None, help="the output (same as OUT)")
     p.set_defaults(fn=_cmd_export)
+    p = sub.add_parser("shard", help="write an image folder (class subfolders -> labels) as tar shards (data.name=shards)")
+    p.add_argument("folder", help="image folder: class subfolders, or a flat folder of images")
+    p.add_argument("out", help="output folder for shard-NNNNNN.tar and index.json (new or empty)")
+    p.add_argument("--shard-size", type=_positive_int, default=1000, help="images per shard (default 1000)")
+    p.set_defaults(fn=_cmd_shard)
     p = sub.add_parser("plot", help="regenerate loss_curve.png from a run's metrics.jsonl")
     p.add_argument("run", help="run folder (or its metrics.jsonl)")
     p.add_argument("--out", default=None, help="PNG path (default RUN/loss_curve.png)")
