@@ -120,7 +120,7 @@ def test_fsdp_on_shards_matches_ddp_and_one_process_and_resumes_exactly(shards, 
 
     def recipe(name, **train):
         r = tiny_recipe(tmp_path, name, epochs=1, ckpt_every=4, keep_last=10, **train)
-        return r | {"data": _data(root)}
+        return r | {"data": _data(root), "optim": r["optim"] | {"clip_grad": 0.5}}  # clipping sees the whole norm
 
     one = mimkit.train(recipe("one"))  # one process, batch 32: the reference
     _launch(recipe("ddp", batch_size=16, distributed={"strategy": "ddp"}), tmp_path / "ddp.yaml", subprocess_env)

@@ -188,7 +188,8 @@ def write_shards(folder: str | os.PathLike, out: str | os.PathLike, shard_size: 
     if not folder.is_dir():
         raise DataError(f"image folder not found: {folder}")
     if out.exists() and (not out.is_dir() or any(p.suffix == ".tar" or p.name == INDEX for p in out.iterdir())):
-        raise DataError(f"{out} already holds shards (or is a file): pick an empty or new folder")
+        raise DataError(f"{out} already holds shards (or is a file; an interrupted `mim shard` leaves shards without "
+                        f"{INDEX}): pick a new or empty folder")
     subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if subdirs:
         classes = [d.name for d in subdirs]
