@@ -57,6 +57,17 @@ def test_shards_hold_the_folder_with_the_same_seeded_samples(shards, capsys):
         for i in range(len(a)):
             x, y = sa[i], sb[i]
             assert torch.equal(x["image"], y["image"]) and x["label"] == y["label"], i
+    # loader workers (forked, each opening its own shard files) give the same batches as none
+    from torch.utils.data import DataLoader
+
+    from mimkit.data import collate
+
+    for _ in range(len(a)):  # the parent holds open shard files when the workers fork
+        a._read(*a.samples[_][:3])
+    order = torch.randperm(256, generator=torch.Generator().manual_seed(0)).view(8, 32).tolist()
+    ref = [collate([sa[i] for i in b]) for b in order]
+    got = list(DataLoader(sa, batch_sampler=order, collate_fn=collate, num_workers=2))
+    assert all(torch.equal(r["image"], g["image"]) and torch.equal(r["index"], g["index"]) for r, g in zip(ref, got))
     # without index.json the tar headers are read: the same samples
     bare = out.parent / "bare"
     bare.mkdir()
@@ -123,8 +134,10 @@ def test_fsdp_on_shards_matches_ddp_and_one_process_and_resumes_exactly(shards, 
         return r | {"data": _data(root), "optim": r["optim"] | {"clip_grad": 0.5}}  # clipping sees the whole norm
 
     one = mimkit.train(recipe("one"))  # one process, batch 32: the reference
-    _launch(recipe("ddp", batch_size=16, distributed={"strategy": "ddp"}), tmp_path / "ddp.yaml", subprocess_env)
-    _launch(recipe("fsdp", batch_size=16, distributed={"strategy": "fsdp"}), tmp_path / "fsdp.yaml", subprocess_env)
+    probe = {"knn_every": 8, "knn_train": 64, "knn_test": 8}  # at the last step, on the main process
+    _launch(recipe("ddp", batch_size=16, distributed={"strategy": "ddp"}, **probe), tmp_path / "ddp.yaml", subprocess_env)
+    _launch(recipe("fsdp", batch_size=16, distributed={"strategy": "fsdp"}, **probe), tmp_path / "fsdp.yaml",
+            subprocess_env)
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
     # the same samples, masks and global batch over 2 processes as in one; FSDP's curve is DDP's
     assert len(_losses(one)) == len(_losses(ddp)) == len(_losses(fsdp)) == 4
@@ -134,6 +147,9 @@ def test_fsdp_on_shards_matches_ddp_and_one_process_and_resumes_exactly(shards, 
     assert meta["world_size"] == 2 and meta["distributed"]["strategy"] == "fsdp"
     assert meta["distributed"]["accelerate"] == "FSDP" and meta["distributed"]["units"] == ["Block"]
     assert json.loads((ddp / "meta.json").read_text())["distributed"]["strategy"] == "ddp"
+    knn = [[json.loads(x)["knn_top1"] for x in (r / "metrics.jsonl").read_text().splitlines() if "knn_top1" in x]
+           for r in (ddp, fsdp)]
+    assert len(knn[0]) == 1 and knn[0] == knn[1]  # the probe of a copy gathered from the FSDP shards
     # an FSDP checkpoint is sharded: one file per process, no full copy; mimkit.load consolidates it
     step8 = fsdp / "checkpoints" / "step_8"
     assert sorted(p.name for p in (step8 / "sharded").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
@@ -144,8 +160,8 @@ def test_fsdp_on_shards_matches_ddp_and_one_process_and_resumes_exactly(shards, 
     # resume from the middle of the epoch (step 4 of 8): model and optimizer shards bitwise equal
     straight = {part: read_sharded(step8 / "sharded", part) for part in ("model", "optim")}
     shutil.rmtree(step8)
-    _launch(recipe("fsdp", batch_size=16, distributed={"strategy": "fsdp"}), tmp_path / "fsdp.yaml", subprocess_env,
-            "--resume")
+    _launch(recipe("fsdp", batch_size=16, distributed={"strategy": "fsdp"}, **probe), tmp_path / "fsdp.yaml",
+            subprocess_env, "--resume")
     for part, want in straight.items():
         got = read_sharded(step8 / "sharded", part)
         flat_w, flat_g = _flat(want), _flat(got)
