@@ -63,7 +63,7 @@ def test_shards_hold_the_folder_with_the_same_seeded_samples(shards, capsys):
     from mimkit.data import collate
 
     for _ in range(len(a)):  # the parent holds open shard files when the workers fork
-        a._read(*a.samples[_][:3])
+        a._read(*a.index[_][:3])
     order = torch.randperm(256, generator=torch.Generator().manual_seed(0)).view(8, 32).tolist()
     ref = [collate([sa[i] for i in b]) for b in order]
     got = list(DataLoader(sa, batch_sampler=order, collate_fn=collate, num_workers=2))
@@ -73,11 +73,11 @@ def test_shards_hold_the_folder_with_the_same_seeded_samples(shards, capsys):
     bare.mkdir()
     for p in out.glob("*.tar"):
         shutil.copy(p, bare / p.name)
-    assert Shards(Shards.Config(root=str(bare), img_size=32, channels=1)).samples == a.samples
+    assert Shards(Shards.Config(root=str(bare), img_size=32, channels=1)).index == a.index
     # the WebDataset layout: webdataset itself reads the same keys and labels
     wds = pytest.importorskip("webdataset")
     items = list(wds.WebDataset([str(p) for p in sorted(out.glob("*.tar"))], shardshuffle=False))
-    assert len(items) == 256 and [int(it["cls"]) for it in items] == [lab for *_, lab in a.samples]
+    assert len(items) == 256 and [int(it["cls"]) for it in items] == a.labels
     # writing over existing shards is refused; a truncated shard names itself
     assert cli.main(["shard", str(png), str(out), "--shard-size", "50"]) == 2
     assert "already holds shards" in capsys.readouterr().err

@@ -124,10 +124,12 @@ class Shards(Dataset):
             shards = [(p, index_tar(p)) for p in _shard_files(root)]
             self.classes = []
         self.files = [str(p) for p, _ in shards]
-        self.samples = [(k, int(o), int(n), int(lab)) for k, (_, rows) in enumerate(shards) for o, n, lab in rows]
+        # (shard, byte offset, size, label) of every sample, in shard order
+        self.index = [(k, int(o), int(n), int(lab)) for k, (_, rows) in enumerate(shards) for o, n, lab in rows]
         if config.limit is not None:
-            self.samples = self.samples[: config.limit]
-        if not self.samples:
+            self.index = self.index[: config.limit]
+        self.labels = [lab for *_, lab in self.index]  # read by the evaluation without decoding images
+        if not self.index:
             raise DataError(f"no images in the shards of {root}")
         mean = config.mean or (IMAGENET_MEAN if config.channels == 3 else (0.5,))
         std = config.std or (IMAGENET_STD if config.channels == 3 else (0.5,))
@@ -141,7 +143,7 @@ class Shards(Dataset):
         self._pid = os.getpid()
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.index)
 
     def __getstate__(self) -> dict:  # loader workers open their own files
         return self.__dict__ | {"_open": {}}
@@ -162,7 +164,7 @@ class Shards(Dataset):
     load = ImageFolder.load  # the same decoding (mode, alpha, 16-bit, decompression bombs) as image folders
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        shard, offset, size, label = self.samples[i]
+        shard, offset, size, label = self.index[i]
         where = f"{self.files[shard]} (sample {i}, byte {offset})"
         try:
             img = self.load(io.BytesIO(self._read(shard, offset, size)))
