@@ -111,10 +111,10 @@ def test_sharded_metadata_that_would_run_code_is_refused(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-def _launch(recipe: dict, path: Path, env: dict, *extra: str) -> None:
+def _launch(recipe: dict, path: Path, env: dict, *extra: str, kind: tuple = ("--multi_gpu",)) -> None:
     """The README's multi-node command with one machine of two CPU processes (gloo)."""
     path.write_text(yaml.safe_dump(recipe))
-    out = subprocess.run([str(ACCELERATE), "launch", "--multi_gpu", "--num_machines", "1", "--machine_rank", "0",
+    out = subprocess.run([str(ACCELERATE), "launch", *kind, "--num_machines", "1", "--machine_rank", "0",
                           "--main_process_ip", "127.0.0.1", "--main_process_port", str(29500 + os.getpid() % 400),
                           "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
                           "-m", "mimkit.cli", "train", str(path), *extra],
@@ -161,7 +161,7 @@ def test_fsdp_on_shards_matches_ddp_and_one_process_and_resumes_exactly(shards, 
     straight = {part: read_sharded(step8 / "sharded", part) for part in ("model", "optim")}
     shutil.rmtree(step8)
     _launch(recipe("fsdp", batch_size=16, distributed={"strategy": "fsdp"}, **probe), tmp_path / "fsdp.yaml",
-            subprocess_env, "--resume")
+            subprocess_env, "--resume", kind=("--use_fsdp", "--fsdp_version", "2"))  # the launcher's FSDP agrees
     for part, want in straight.items():
         got = read_sharded(step8 / "sharded", part)
         flat_w, flat_g = _flat(want), _flat(got)

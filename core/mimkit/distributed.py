@@ -66,8 +66,9 @@ def resolve_strategy(cfg: DistributedConfig, world: int) -> tuple[str, str]:
 
 
 def fsdp_plugin(cfg: DistributedConfig):
-    """Accelerate's FSDP2 plugin for the recipe; options that ``accelerate config`` wrote into the
-    environment (``FSDP_*``) fill what the recipe leaves at its default."""
+    """Accelerate's FSDP2 plugin for the recipe. The recipe's options win; the wrapped classes come
+    from ``accelerate config`` (``FSDP_TRANSFORMER_CLS_TO_WRAP``) when the recipe leaves ``wrap`` unset,
+    else the model's repeated blocks (:func:`prepare_fsdp`)."""
     from accelerate import FullyShardedDataParallelPlugin
 
     version = int(os.environ.get("FSDP_VERSION", "2"))
