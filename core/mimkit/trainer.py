@@ -571,7 +571,7 @@ class _Run:
                 f"no checkpoint written over them, the last good one is kept: {ckpt.latest(self.ckpt_dir)}. "
                 "Lower the lr, enable optim.clip_grad / bf16")
         rngs = gather_object([ckpt.rng_state()["torch_cpu"]])
-        s, path = self.state, None
+        s, path, error = self.state, None, ""
         staged = self.save_shards() if self.fsdp else None
         if self.main:
             files: dict[str, Any] = {} if self.fsdp else {
@@ -588,8 +588,12 @@ class _Run:
                 path = ckpt.write(self.ckpt_dir, s.step, files, self.tc.keep_last, staged=staged)
             except OSError as exc:  # disk full, quota, permissions: the previous checkpoint is intact
                 prev = ckpt.latest(self.ckpt_dir)
-                raise MimkitError(f"cannot write the checkpoint of step {s.step} into {self.ckpt_dir}: {exc}. "
-                                  f"The previous checkpoint is intact: {prev}") from None
+                error = (f"cannot write the checkpoint of step {s.step} into {self.ckpt_dir}: {exc}. "
+                         f"The previous checkpoint is intact: {prev}")
+        if self.world > 1:  # every process stops when the main one could not write: none waits forever
+            error = next((e for e in gather_object([error]) if e), "")
+        if error:
+            raise MimkitError(error)
         self.accelerator.wait_for_everyone()
         return path
 
@@ -598,14 +602,21 @@ class _Run:
         folder (on a file system all of them see); a failure anywhere removes it and stops every process."""
         from accelerate.utils import broadcast_object_list
 
+        def why(exc: Exception) -> str:
+            return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+
         pid = broadcast_object_list([os.getpid()])[0]
-        tmp = ckpt.staging(self.ckpt_dir, self.state.step, pid, fresh=self.main)
-        self.accelerator.wait_for_everyone()
-        error = ""
-        try:
-            dist_.save_sharded(self.core, self.optimizer.optimizer, tmp / dist_.SHARDED)
-        except Exception as exc:  # noqa: BLE001  (disk full, permissions: reported by every process)
-            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+        tmp, error = ckpt.staging(self.ckpt_dir, self.state.step, pid), ""
+        if self.main:
+            try:
+                ckpt.staging(self.ckpt_dir, self.state.step, pid, fresh=True)
+            except OSError as exc:
+                error = why(exc)
+        if not any(gather_object([error])):  # (a barrier too: the folder exists before anyone writes)
+            try:
+                dist_.save_sharded(self.core, self.optimizer.optimizer, tmp / dist_.SHARDED)
+            except Exception as exc:  # noqa: BLE001  (disk full, permissions: reported by every process)
+                error = why(exc)
         errors = [e for e in gather_object([error]) if e]
         if errors:
             if self.main:
