@@ -11,7 +11,7 @@ import torch
 
 import mimkit
 from mimkit.plugin_api import ConfigError
-from mimkit.testing import check_preset_trains, tiny_overrides
+from mimkit.testing import check_component, check_preset_trains, tiny_overrides
 from mimkit_maskfeat.cube import cube_mask, upsample_mask
 
 torch.set_num_threads(1)
@@ -183,6 +183,12 @@ def test_paper_cube_masker_statistics() -> None:
     assert torch.allclose(per_t, per_t.flip(0), atol=0.05)
     assert per_t[3:5].mean() > 1.6 * per_t[[0, 7]].mean()
     assert abs(float(per_t.mean()) - 0.4) < 0.01
+
+
+def test_cube_masker_and_mask_token_encoder_contracts() -> None:
+    check_component("maskfeat_tiny_moving_fmnist", "model.masker")
+    enc = check_component("maskfeat_tiny_moving_fmnist", "model.encoder")
+    assert enc.mask_token is not None and 0.005 < float(enc.mask_token.detach().std()) < 0.03  # trunc-normal 0.02
 
 
 def test_cube_masker_refuses_a_visible_only_encoder() -> None:
