@@ -206,6 +206,8 @@ def test_mask_token_encoder_and_loss_against_a_direct_computation() -> None:
     enc = model.encoder
     x = torch.randn(2, 1, 8, 32, 32)
     hidden = torch.stack([model.masker.sample_noise(torch.Generator().manual_seed(s)) for s in (1, 2)])
+    hidden[1, int(hidden[1].nonzero()[0])] = False  # rows hiding different counts, as a short official mask
+    assert hidden[0].sum() != hidden[1].sum()
     mask = model.masker({}, hidden)
     tokens = enc.embed(x, mask)  # (B, N, D): every position
     cubes = torch.nn.functional.conv3d(x, enc.patch_embed.weight, enc.patch_embed.bias, stride=(2, 8, 8))
@@ -216,6 +218,8 @@ def test_mask_token_encoder_and_loss_against_a_direct_computation() -> None:
     pred, target = out.pred, model.target({"video": x})
     direct = ((pred - target) ** 2).mean(-1)[hidden].mean()  # the official pred[mask] then a plain MSE mean
     torch.testing.assert_close(out.loss, direct, atol=1e-6, rtol=1e-6)
+    explicit = model({"video": x}, mask=hidden)  # the core's explicit (B, N) map, counts may differ per row
+    assert torch.equal(explicit.mask.hidden, hidden) and torch.equal(explicit.loss, out.loss)
 
 
 def test_tiny_video_preset_trains(tmp_path) -> None:
