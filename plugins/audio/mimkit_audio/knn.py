@@ -10,6 +10,15 @@ evaluation uses ``model.features`` (it is here so that audio and video can be ev
 Data: the train split is the recipe's ``data`` with ``split: train``; the test split is
 ``eval_data`` if the recipe has one, else ``data`` with ``split: test``; ``--train-data`` and
 ``--test-data`` (YAML mappings) override them (e.g. one modality of a mixture).
+
+``--center`` subtracts the mean training feature from every feature before the L2
+normalization, so neighbours are found by the direction of each item's deviation from the mean
+rather than by a shared component. Mean-pooled tokens of small audio models carry a large one (on
+the tiny Audio-MAE run of mimkit-audiomae's README the mean feature has norm 8.4, the items deviate
+from it by 3.5 on average, and the main direction of those deviations, 54% of their variance,
+follows the fraction of zero-padded frames, r = -0.95): there the k-NN rises from 0.44 to 0.89
+with centering (random init: 0.43 -> 0.94). Centred scores do not change when a constant is added
+to every feature.
 """
 from __future__ import annotations
 
@@ -25,8 +34,12 @@ from mimkit.plugin_api import ConfigError, build_model, component, load, one_of,
 
 
 def knn_scores(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, num_classes: int, k: int = 20,
-               temperature: float = 0.07) -> torch.Tensor:
-    """(N_test, C) class votes of DINO's weighted k-NN on L2-normalized features."""
+               temperature: float = 0.07, center: bool = False) -> torch.Tensor:
+    """(N_test, C) class votes of DINO's weighted k-NN on L2-normalized features (after
+    subtracting the mean training feature from both sets when ``center``)."""
+    if center:
+        mu = train_f.float().mean(0, keepdim=True)
+        train_f, test_f = train_f.float() - mu, test_f.float() - mu
     train_f = torch.nn.functional.normalize(train_f.float(), dim=1)
     test_f = torch.nn.functional.normalize(test_f.float(), dim=1)
     sim = test_f @ train_f.t()  # (N_test, N_train)
@@ -80,6 +93,7 @@ class FeatureKNN:
         test_data: dict[str, Any] | None = None
         input_key: str | None = None  # the batch key fed to the model (default: the model's)
         pool: str = attrs.field(default="mean", validator=one_of("mean", "cls"))  # patch-token mean or [CLS]
+        center: bool = False  # subtract the mean training feature before the L2 normalization
         limit_train: int | None = None
         limit_test: int | None = None
         batch_size: int = 64
@@ -110,9 +124,9 @@ class FeatureKNN:
         tr_f, tr_y = features_of(model, train_ds, c.batch_size, c.input_key, c.pool)
         te_f, te_y = features_of(model, test_ds, c.batch_size, c.input_key, c.pool)
         num_classes = int(max(tr_y.max(), te_y.max())) + 1
-        pred = knn_scores(tr_f, tr_y, te_f, num_classes, c.k, c.temperature).argmax(1)
+        pred = knn_scores(tr_f, tr_y, te_f, num_classes, c.k, c.temperature, c.center).argmax(1)
         top1 = float((pred == te_y).float().mean())
-        return {"protocol": "feature_knn", "source": sources[0], "init": c.init, "k": c.k, "pool": c.pool, "top1": top1,
+        return {"protocol": "feature_knn", "source": sources[0], "init": c.init, "k": c.k, "pool": c.pool, "center": c.center, "top1": top1,
                 "train_items": len(tr_y), "test_items": len(te_y), "train_data": train_spec, "test_data": test_spec,
                 "seconds": round(time.perf_counter() - t0, 2),
-                "summary": f"feature k-NN top-1 {top1:.4f} ({c.init}, k={c.k}, {len(tr_y)} train / {len(te_y)} test)"}
+                "summary": f"feature k-NN top-1 {top1:.4f} ({c.init}, k={c.k}{', centred' if c.center else ''}, {len(tr_y)} train / {len(te_y)} test)"}

@@ -162,3 +162,21 @@ def test_knn_scores_weighted_votes():
     sims = torch.nn.functional.normalize(train, dim=1) @ torch.nn.functional.normalize(torch.tensor([0.2, 1.0]), dim=0)
     assert torch.allclose(votes[0], torch.stack([(sims[:2] / 0.1).exp().sum(), (sims[2] / 0.1).exp()]))
     assert votes.argmax(1).item() == 1
+
+
+def test_knn_centering_ignores_a_shared_offset():
+    """``center``: k-NN on features minus the mean training feature - exactly the scores of features
+    centred by hand, and unchanged when every feature gets the same offset (a shared component such
+    as fixed position codes or padding patches), which moves the plain cosine k-NN."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 4
+    tr, te = torch.randn(200, 16, generator=g), torch.randn(100, 16, generator=g)
+    tr[:, 0] += y.float()
+    te[:, 0] += (torch.arange(100) % 4).float()
+    mu = tr.mean(0, keepdim=True)
+    centred = knn_scores(tr, y, te, 4, center=True)
+    assert torch.equal(centred, knn_scores(tr - mu, y, te - mu, 4))
+    offset = 5 * torch.randn(1, 16, generator=g)
+    torch.testing.assert_close(knn_scores(tr + offset, y, te + offset, 4, center=True), centred, atol=1e-4, rtol=1e-4)
+    plain, moved = knn_scores(tr, y, te, 4), knn_scores(tr + offset, y, te + offset, 4)
+    assert not torch.equal(plain.argmax(1), moved.argmax(1))

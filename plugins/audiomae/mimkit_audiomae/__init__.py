@@ -8,9 +8,10 @@ Components: encoder ``audio_vit``, decoder ``audiomae`` (local Swin / global), m
 from .convert import convert_official, import_official, recipe_for
 from .decoder import AudioMAEDecoder, SwinBlock, shifted_window_mask, window_partition, window_reverse
 from .encoder import AudioViTEncoder, audio_pos_table
+from .finetune import AudioClassifier, AudioFinetune, random_masking_2d
 from .masking import TimeFrequencyMasker
 from .target import FbankPatchTarget
 
 __all__ = ["convert_official", "import_official", "recipe_for", "AudioMAEDecoder", "SwinBlock", "shifted_window_mask",
            "window_partition", "window_reverse", "AudioViTEncoder", "audio_pos_table", "TimeFrequencyMasker",
-           "FbankPatchTarget"]
+           "FbankPatchTarget", "AudioClassifier", "AudioFinetune", "random_masking_2d"]

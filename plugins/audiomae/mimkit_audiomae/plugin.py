@@ -6,6 +6,7 @@ from mimkit.plugin_api import hookimpl, package_presets
 from .convert import import_official
 from .decoder import AudioMAEDecoder
 from .encoder import AudioViTEncoder
+from .finetune import AudioFinetune
 from .masking import TimeFrequencyMasker
 from .target import FbankPatchTarget
 from .visualize import SpectrogramGrid
@@ -46,3 +47,8 @@ def mimkit_presets():
 @hookimpl
 def mimkit_importers():
     return {"audiomae_official": import_official}
+
+
+@hookimpl
+def mimkit_protocols():
+    return {"audio_finetune": AudioFinetune}

@@ -10,6 +10,11 @@
       -> per patch of ph x pw pixels: (B, N, C * nbins * (ph/cell) * (pw/cell)),
          value order channel, bin, cell_row, cell_col (16x16 RGB patch, 8 px cells: c*36 + bin*4 + r*2 + c')
 
+Video (B, C, T, H, W) with cubes of pt x ph x pw (``frames`` option):
+    first (official, SlowFast ``_get_hog_label_3d``): the HOG of the first frame of each cube
+          (``x[:, :, ::pt]``), per frame as above -> (B, t*h*w, C*nbins*cells), tokens in (t, h, w) order;
+    all:  the HOG of each of the cube's pt frames, concatenated frame by frame -> (B, t*h*w, pt*C*nbins*cells).
+
 Everything is vectorized (convolutions, scatter_add, unfold); nothing loops over pixels.
 """
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.plugin_api import BuildEnv, ConfigError, Context, Mask
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, Mask, one_of
 
 
 def gaussian_window(size: int) -> torch.Tensor:
@@ -94,29 +99,56 @@ class HOGTarget(nn.Module):
         gaussian_window: int = 0  # 0: SlowFast (official); 16: MMPretrain HOGGenerator
         input_mean: list[float] | None = None
         input_std: list[float] | None = None
+        # video cubes of pt frames: "first" = the HOG of the cube's first frame (SlowFast's
+        # _get_hog_label_3d takes every pt-th frame); "all" = the pt frames' HOGs concatenated
+        frames: str = attrs.field(default="first", validator=one_of("first", "all"))
 
     def __init__(self, config: "HOGTarget.Config", env: BuildEnv):
         super().__init__()
         self.config = config
         enc = env.encoder
         pt, ph, pw = enc.patch
-        if pt != 1:
-            raise ConfigError("model.target: the hog target supports images only (patch time size 1)")
+        self.tubelet = pt
         if ph % config.cell or pw % config.cell:
             raise ConfigError(f"model.target.cell: the patch {(ph, pw)} is not divisible by the cell {config.cell}")
         self.cells = (ph // config.cell, pw // config.cell)
         self.channels = enc.in_chans
-        self.dim = self.channels * config.nbins * self.cells[0] * self.cells[1]
+        self.frame_dim = self.channels * config.nbins * self.cells[0] * self.cells[1]
+        self.dim = self.frame_dim * (pt if config.frames == "all" else 1)
         self.input_key = env.input_key
 
     @torch.no_grad()
     def forward(self, batch: dict, mask: Mask | None = None, ctx: Context | None = None) -> torch.Tensor:
-        x = batch[self.input_key].float()  # (B, C, H, W)
+        x = batch[self.input_key].float()  # (B, C, H, W) or video (B, C, T, H, W)
         c = self.config
         if c.input_mean is not None and c.input_std is not None:
-            x = x * torch.tensor(c.input_std, device=x.device).view(1, -1, 1, 1) + torch.tensor(
-                c.input_mean, device=x.device
-            ).view(1, -1, 1, 1)
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            x = x * torch.tensor(c.input_std, device=x.device).view(shape) + torch.tensor(
+                c.input_mean, device=x.device).view(shape)
+        if x.ndim == 5:
+            return self._video(x)
+        if self.tubelet != 1:
+            raise ValueError(f"hog target: cubes of {self.tubelet} frames need a video (B, C, T, H, W), "
+                             f"got {tuple(x.shape)}")
         with torch.autocast(device_type=x.device.type, enabled=False):  # fp32 even under bf16/fp16 training
             hog = hog_cells(x, c.nbins, c.cell, c.gaussian_window)  # (B, C, nbins, H/cell, W/cell)
         return hog_per_patch(hog, *self.cells)  # (B, N, dim)
+
+    def _video(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) -> (B, t*h*w, dim): per-frame HOG, tokens in (t, h, w) raster order."""
+        c, pt = self.config, self.tubelet
+        b, ch, frames = x.shape[:3]
+        if frames % pt:
+            raise ValueError(f"hog target: {frames} frames are not divisible by the cube's {pt}")
+        if c.frames == "first":
+            x = x[:, :, ::pt]  # (B, C, t, H, W): the first frame of every cube
+        n_frames = x.shape[2]
+        flat = x.transpose(1, 2).reshape(b * n_frames, ch, *x.shape[3:])  # (B*F, C, H, W)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            hog = hog_cells(flat, c.nbins, c.cell, c.gaussian_window)  # (B*F, C, nbins, H/cell, W/cell)
+        per = hog_per_patch(hog, *self.cells)  # (B*F, h*w, frame_dim)
+        hw = per.shape[1]
+        if c.frames == "first":
+            return per.reshape(b, n_frames * hw, self.frame_dim)  # (B, t*h*w, frame_dim)
+        per = per.reshape(b, n_frames // pt, pt, hw, self.frame_dim).transpose(2, 3)  # (B, t, h*w, pt, frame_dim)
+        return per.reshape(b, (n_frames // pt) * hw, pt * self.frame_dim)

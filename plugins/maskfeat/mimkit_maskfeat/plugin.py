@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mimkit.plugin_api import hookimpl, package_presets
 
+from .cube import CubeMasker
 from .decoder import LinearDecoder
 from .hog import HOGTarget
 from .masking import BlockMasker
@@ -20,7 +21,7 @@ def mimkit_targets():
 
 @hookimpl
 def mimkit_maskers():
-    return {"block": BlockMasker}
+    return {"block": BlockMasker, "cube": CubeMasker}
 
 
 @hookimpl

@@ -118,6 +118,9 @@ class VideoViTEncoder(nn.Module):
         norm_eps: float = 1e-6
         drop_path: float = 0.0
         grad_checkpointing: bool = False
+        # visible_only: VideoMAE (hidden cubes dropped); with_mask_token: MaskFeat/SimMIM (every cube
+        # is embedded and the hidden ones replaced by a learned [MASK] token before the positions)
+        mode: str = attrs.field(default="visible_only", validator=one_of("visible_only", "with_mask_token"))
 
     def __init__(self, config: "VideoViTEncoder.Config", env: BuildEnv | None = None):
         super().__init__()
@@ -149,6 +152,10 @@ class VideoViTEncoder(nn.Module):
         self.blocks = make_blocks(dim, depth, heads, config.mlp_ratio, config.qkv_bias, config.norm_eps, config.drop_path)
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
         init_videomae_(self)
+        self.mask_token = None
+        if config.mode == "with_mask_token":  # trunc-normal 0.02, as SlowFast's MaskMViT
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     # -- embed: cubes -> tokens -------------------------------------------------------------
 
@@ -167,12 +174,15 @@ class VideoViTEncoder(nn.Module):
 
     def embed(self, x: torch.Tensor, mask: Mask | None = None) -> torch.Tensor:
         """Cube embedding + positions: (B, N_keep, D) with a mask (only kept cubes are
-        projected), else (B, N, D)."""
+        projected), else (B, N, D). In ``with_mask_token`` mode always (B, N, D), the hidden
+        cubes' embeddings replaced by the [MASK] token (positions added after, as MaskFeat)."""
         self._check_input(x)
         b = x.shape[0]
         pos = self.pos_embed.to(x.dtype).expand(b, -1, -1)  # (B, N, D)
-        if mask is None:
+        if mask is None or self.mask_token is not None:
             tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
+            if mask is not None:
+                tokens = torch.where(mask.hidden.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
             return tokens + pos
         proj = self.patch_embed
         cubes = gather_tokens(self._cube_vectors(x), mask.ids_keep)  # (B, K, C*pt*ph*pw)
