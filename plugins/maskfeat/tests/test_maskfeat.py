@@ -7,9 +7,12 @@ import pytest
 import torch
 
 import mimkit
+from mimkit.testing import check_component, check_preset_trains, tiny_overrides
 from mimkit.types import Mask
 from mimkit_maskfeat.hog import gaussian_window, hog_cells, hog_per_patch
 from mimkit_maskfeat.masking import block_mask
+
+TINY = "maskfeat_tiny_fashion_mnist"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,38 +160,20 @@ def test_block_mask_small_grid_exact(num_hidden: int) -> None:
 
 
 def test_linear_head_masked_and_visible_only_error() -> None:
-    model = mimkit.build({"method": "maskfeat_tiny_fashion_mnist", "model": {"decoder": {"predict": "masked"}}})
+    model = mimkit.build({"method": TINY, "model": {"decoder": {"predict": "masked"}}})
     out = model({"image": torch.randn(3, 1, 32, 32)}, noise=model.masker.draw(3, torch.Generator().manual_seed(0), "cpu"))
     assert out.pred.shape == (3, 6, 36) and out.target.shape == (3, 6, 36) and out.pred_scope == "masked"
-    bad = mimkit.build({"method": "maskfeat_tiny_fashion_mnist",
+    bad = mimkit.build({"method": TINY,
                         "model": {"encoder": {"mode": "visible_only"}, "masker": {"exact": True}}})
     with pytest.raises(ValueError, match="with_mask_token"):
         bad({"image": torch.randn(2, 1, 32, 32)})
 
 
-def test_tiny_preset_training_lowers_loss() -> None:
-    torch.manual_seed(0)
-    model = mimkit.build({"method": "maskfeat_tiny_fashion_mnist"})
-    from mimkit.plugin_api import FashionMNIST
-
-    data = FashionMNIST(FashionMNIST.Config(limit=32), train=False)
-    batch = {"image": torch.stack([data[i]["image"] for i in range(32)])}  # (32, 1, 32, 32)
-    noise = model.masker.draw(32, torch.Generator().manual_seed(0), torch.device("cpu"))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(10):
-        out = model(batch, noise=noise)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
-    assert losses[-1] < 0.8 * losses[0], losses
+def test_linear_head_contract() -> None:
+    check_component(TINY, "model.decoder")
 
 
-def test_tiny_preset_trains_through_the_trainer(tmp_path) -> None:
-    run = mimkit.train({
-        "method": "maskfeat_tiny_fashion_mnist", "output_dir": str(tmp_path), "name": "t",
-        "data": {"limit": 64}, "eval_data": None,
-        "train": {"max_steps": 2, "batch_size": 16, "visualize": False, "progress": False, "log_every": 1},
-    })
-    assert (run / "result.json").read_text().count('"finished"') == 1
+def test_tiny_preset_lowers_the_loss_by_a_fifth_and_resumes_exactly(tmp_path) -> None:
+    """One batch of 32 images, 6 steps (other crops and masks every step): the HOG regression
+    falls by more than a fifth (0.18 -> 0.08 measured); resuming from step 3 is exact."""
+    check_preset_trains(TINY, tmp_path, tiny_overrides(TINY, limit=32, batch_size=32), steps=6, min_drop=0.2)
