@@ -2,7 +2,6 @@
 the CMAE and MACRL tiny presets train."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mimkit
 from mimkit.components import BuildEnv
 from mimkit.config import resolve
 from mimkit.api import build_dataset
 from mimkit.data import SeededDataset
+from mimkit.testing import check_preset_trains, tiny_overrides
 from mimkit.types import Outputs
 from mimkit_contrastive import InfoNCE
 
@@ -119,24 +118,12 @@ def test_two_views_differ_and_the_shift_is_bounded() -> None:
     torch.testing.assert_close(a[ya : ya + h, xa : xa + w], b[yb : yb + h, xb : xb + w])
 
 
-def _train(method: str, tmp_path: Path, model: dict) -> list[dict]:
-    recipe = {
-        "method": method, "output_dir": str(tmp_path), "data": {"base": {"limit": 512}}, "model": model,
-        "optim": {"warmup_epochs": 0.2},
-        "train": {"batch_size": 32, "max_steps": 25, "log_every": 1, "progress": False, "visualize": False},
-    }
-    run = mimkit.train(recipe)
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.mark.parametrize("method,terms", [("cmae_tiny_fashion_mnist", ("pix", "nce")),
-                                          ("macrl_tiny_fashion_mnist", ("rec_high", "rec_low", "nce"))])
-def test_tiny_presets_train_with_finite_falling_loss(method: str, terms: tuple, tmp_path: Path) -> None:
-    small = {"encoder": {"embed_dim": 96, "depth": 2}, "decoder": {"embed_dim": 64, "depth": 1}}
-    rows = _train(method, tmp_path, small)
-    assert len(rows) == 25
-    for key in ("loss", *(f"loss/{t}" for t in terms)):
-        values = [r[key] for r in rows]
-        assert all(math.isfinite(v) for v in values), key
-    loss = [r["loss"] for r in rows]
-    assert sum(loss[-5:]) / 5 < sum(loss[:5]) / 5
+@pytest.mark.parametrize("method,falling", [("cmae_tiny_fashion_mnist", ("loss", "loss/pix")),
+                                            ("macrl_tiny_fashion_mnist", ("loss", "loss/rec_high", "loss/rec_low"))])
+def test_tiny_presets_train_with_finite_falling_loss(method: str, falling: tuple, tmp_path: Path) -> None:
+    """12 steps of 32 image pairs: every term finite; the total and the reconstruction terms fall
+    (means of 3 steps; the InfoNCE term alone is too noisy this early); resuming is exact."""
+    over = tiny_overrides(method, limit=512, batch_size=32) | {
+        "model": {"encoder": {"embed_dim": 96, "depth": 2}, "decoder": {"embed_dim": 64, "depth": 1}},
+        "optim": {"warmup_epochs": 0.2}}
+    check_preset_trains(method, tmp_path, over, steps=12, expect_fall=falling, window=3)
