@@ -1,13 +1,12 @@
 """BootMAE: the losses against the official formulas, the mask, the EMA and ramp schedules,
 and the tiny preset training."""
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mimkit
-from mimkit.plugin_api import Context, Mask
+from mimkit.plugin_api import Context
 from mimkit.testing import check_component, check_preset_trains, tiny_overrides
 from mimkit_bootmae import block_center_weights, feature_ramp
 
@@ -142,9 +141,4 @@ def test_target_aware_decoder_contract():
 def test_tiny_preset_trains_and_every_term_falls(tmp_path):
     small = {"model": {"encoder": {"depth": 2}, "pixel_decoder": {"depth": 1}, "feature_decoder": {"depth": 1}}}
     over = tiny_overrides(TINY, limit=96, batch_size=16) | small
-    run = check_preset_trains(TINY, tmp_path, over, steps=6, check_resume=False)
-    import json
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-    for key in ("loss/pix", "loss/feat"):
-        assert all(math.isfinite(r[key]) for r in rows)
-        assert rows[-1][key] < rows[0][key], (key, rows[0][key], rows[-1][key])
+    check_preset_trains(TINY, tmp_path, over, steps=6, check_resume=False, expect_fall=["loss", "loss/pix", "loss/feat"])

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import mimkit
 from mimkit.plugin_api import ConfigError
-from mimkit.testing import check_component, check_preset_trains, tiny_overrides
+from mimkit.testing import check_component, check_preset_trains, read_metrics, tiny_overrides
 from mimkit_igpt import IGPT, Palette
 from mimkit_igpt.visualize import Completions
 
@@ -226,8 +226,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_tiny_preset_trains_resumes_and_loads_its_palette(tiny_run):
-    rows = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "loss" in r]
+    rows = read_metrics(tiny_run)
     assert rows[0]["loss/ar"] == pytest.approx(math.log(16), abs=1e-5)  # zero-init head: uniform at step 1
     assert rows[-1]["loss/bits_per_dim"] == pytest.approx(rows[-1]["loss/ar"] / math.log(2), rel=1e-6)
     model = mimkit.load(tiny_run)

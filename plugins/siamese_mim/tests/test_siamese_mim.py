@@ -2,7 +2,6 @@
 view, the token InfoNCE against a direct computation, the tiny preset trains; the occlusion
 analysis gives 1 at ratio 0 and falls with the ratio."""
 import json
-import math
 import subprocess
 import sys
 
@@ -76,9 +75,8 @@ def test_ema_target_branch_uses_the_core_teacher():
 
 def test_tiny_preset_trains_with_a_falling_loss(tmp_path):
     over = tiny_overrides(TINY, limit=96, batch_size=16) | {"model": SMALL, "optim": {"warmup_epochs": 0.0}}
-    run = check_preset_trains(TINY, tmp_path, over, steps=8, check_resume=False)  # no warm-up: the lr acts at once
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-    assert all(math.isfinite(r["loss/infonce"]) for r in rows) and rows[-1]["loss/infonce"] < rows[0]["loss/infonce"]
+    # no warm-up: the lr acts at once
+    check_preset_trains(TINY, tmp_path, over, steps=8, check_resume=False, expect_fall=["loss/infonce"])
 
 
 def test_occlusion_analysis_is_one_at_ratio_zero_and_falls_with_the_ratio(tmp_path):
