@@ -28,14 +28,14 @@ from .evaluation import (
     load_source, select_train, topk_accuracy, train_linear_probe,
 )
 from .components.teachers import EMATeacher, FrozenTeacher, cls_attention, encoder_outputs
-from .components.vit import ViTEncoder
+from .components.vit import ViTEncoder, require_visible_only_vit
 from .geometry import (
     gather_tokens, grid_shape, normalize_patches, num_keep_for, patch_stats, patchify, restore_tokens, sincos_1d,
     sincos_2d, sincos_3d, unpatchify,
 )
 from .hookspecs import HOOK_API_VERSION, hookimpl
 from .components.masked import MaskedModel, explicit_mask
-from .model import MethodModel
+from .model import MethodModel, step_noise
 from .plugins import registry
 from .schema import FieldError, component, one_of
 from .types import Context, Mask, Outputs
@@ -49,14 +49,14 @@ __all__ = [
     "Mask", "Context", "Outputs",
     # building components
     "BuildEnv", "Masker", "Loss", "LossConfig", "MethodModel", "MaskedModel", "explicit_mask", "component", "one_of",
-    "FieldError", "package_presets", "init_xavier_",
+    "FieldError", "package_presets", "init_xavier_", "step_noise",
     # the contracts of the other kinds (typing.Protocol: structural, no need to inherit)
     "Encoder", "Decoder", "Target", "Teacher", "Visualizer", "Dataset", "EvalProtocol", "Exporter",
     # token geometry
     "patchify", "unpatchify", "gather_tokens", "restore_tokens", "sincos_1d", "sincos_2d", "sincos_3d",
     "patch_stats", "normalize_patches", "num_keep_for", "grid_shape",
     # built-in components plugins extend or reuse
-    "ViTEncoder", "EMATeacher", "FrozenTeacher", "cls_attention", "encoder_outputs",
+    "ViTEncoder", "require_visible_only_vit", "EMATeacher", "FrozenTeacher", "cls_attention", "encoder_outputs",
     # data
     "SeededDataset", "FashionMNIST", "ImageFolder", "seed_for", "IMAGENET_MEAN", "IMAGENET_STD",
     "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_CLASSES",

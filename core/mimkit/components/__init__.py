@@ -12,6 +12,7 @@ import attrs
 import torch
 from torch import nn
 
+from ..schema import component
 from ..types import Context, Mask
 
 
@@ -30,6 +31,13 @@ class BuildEnv:
     target_dim: int | None = None  # values per token the decoder must predict
     input_key: str = "image"
     extra: dict[str, Any] = attrs.field(factory=dict)
+
+    def build(self, kind: str, spec: Any, path: str, **kwargs: Any) -> Any:
+        """The registered component of ``kind`` (``"decoders"``...) that ``spec`` names, built with
+        this environment: ``cls(Config, env, **kwargs)``; ``path`` (``"model.decoder"``) names it
+        in errors. ``env.build("teachers", spec, "model.teacher", student=self)``."""
+        cls, cfg = component(kind, spec, path, self.registry)
+        return cls(cfg, self, **kwargs)
 
 
 class Masker(nn.Module):

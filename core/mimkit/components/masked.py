@@ -19,7 +19,6 @@ from torch import nn
 from ..errors import ConfigError
 from ..geometry import gather_tokens
 from ..model import MethodModel
-from ..schema import component
 from ..types import Context, Mask, Outputs
 from . import BuildEnv
 
@@ -62,33 +61,21 @@ class MaskedModel(MethodModel):
     def __init__(self, config: "MaskedModel.Config", env: BuildEnv):
         super().__init__()
         self.config = config
-        reg = env.registry
-        env.input_key = config.input_key
-        cls, cfg = component("encoders", config.encoder, "model.encoder", reg)
-        self.encoder = cls(cfg, env)
-        env.encoder = self.encoder
+        self.input_key = env.input_key = config.input_key
+        self.encoder = env.encoder = env.build("encoders", config.encoder, "model.encoder")
         self.target = None
         if config.target is not None:
-            cls, cfg = component("targets", config.target, "model.target", reg)
-            self.target = cls(cfg, env)
+            self.target = env.build("targets", config.target, "model.target")
             env.target_dim = getattr(self.target, "dim", None)
-        self.decoder = None
-        if config.decoder is not None:
-            cls, cfg = component("decoders", config.decoder, "model.decoder", reg)
-            self.decoder = cls(cfg, env)
-        cls, cfg = component("maskers", config.masker, "model.masker", reg)
-        self.masker = cls(cfg, env)
+        self.decoder = None if config.decoder is None else env.build("decoders", config.decoder, "model.decoder")
+        self.masker = env.build("maskers", config.masker, "model.masker")
         if not config.losses:
             raise ConfigError("model.losses: at least one loss is needed")
-        self.losses = nn.ModuleDict()
-        for name, spec in config.losses.items():
-            cls, cfg = component("losses", spec, f"model.losses.{name}", reg)
-            self.losses[name] = cls(cfg, env)
+        self.losses = nn.ModuleDict({name: env.build("losses", spec, f"model.losses.{name}")
+                                     for name, spec in config.losses.items()})
         self.teacher = None
         if config.teacher is not None:
-            cls, cfg = component("teachers", config.teacher, "model.teacher", reg)
-            self.teacher = cls(cfg, env, student=self)
-        self.input_key = config.input_key
+            self.teacher = env.build("teachers", config.teacher, "model.teacher", student=self)
 
     # -- the step -------------------------------------------------------------------------
 
@@ -97,16 +84,12 @@ class MaskedModel(MethodModel):
         """The mask for this batch: the explicit boolean (B, N) map ``mask`` (True = hidden, as
         Hugging Face's ``bool_masked_pos``), else from ``noise`` (or ``batch['mask_noise']``,
         drawn in the loader from (seed, epoch, index)), else from ``ctx.generator``."""
+        if mask is None:
+            return super().make_mask(batch, ctx, noise)
+        if noise is not None:
+            raise ValueError("pass either noise or mask, not both")
         x = batch[self.input_key]
-        if mask is not None:
-            if noise is not None:
-                raise ValueError("pass either noise or mask, not both")
-            return explicit_mask(mask.to(x.device), self.encoder, self.masker, x.shape[0])
-        if noise is None:
-            noise = batch.get("mask_noise")
-        if noise is None:
-            noise = self.masker.draw(x.shape[0], ctx.generator, x.device)
-        return self.masker(batch, noise.to(x.device), ctx)
+        return explicit_mask(mask.to(x.device), self.encoder, self.masker, x.shape[0])
 
     def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> Outputs:

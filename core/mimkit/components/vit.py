@@ -179,3 +179,10 @@ class ViTEncoder(nn.Module):
             return latent[:, 0]
         return latent[:, self.num_prefix_tokens :].mean(1)
 
+
+
+def require_visible_only_vit(encoder: nn.Module, method: str) -> None:
+    """Refuse, naming ``model.encoder``, an encoder that is not a timm ViT (``vit``) running on
+    the visible tokens only, for methods that reach into its blocks or encode partial views."""
+    if not hasattr(encoder, "vit") or encoder.config.mode != "visible_only":
+        raise ConfigError(f"model.encoder: {method} needs the `vit` encoder in mode visible_only")

@@ -22,7 +22,8 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from mimkit.plugin_api import BuildEnv, component, ConfigError, Context, Mask, MethodModel, one_of, Outputs
+from mimkit.plugin_api import (BuildEnv, ConfigError, Context, Mask, MethodModel, one_of, Outputs,
+                               require_visible_only_vit)
 
 
 def block_center_weights(hidden: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -82,28 +83,18 @@ class BootMAE(MethodModel):
     def __init__(self, config: "BootMAE.Config", env: BuildEnv):
         super().__init__()
         self.config = config
-        reg = env.registry
-        env.input_key = config.input_key
-        self.input_key = config.input_key
-        cls, cfg = component("encoders", config.encoder, "model.encoder", reg)
-        self.encoder = cls(cfg, env)
-        env.encoder = self.encoder
-        if not hasattr(self.encoder, "vit") or self.encoder.config.mode != "visible_only":
-            raise ConfigError("model.encoder: BootMAE needs the `vit` encoder in mode visible_only")
-        cls, cfg = component("targets", config.target, "model.target", reg)
-        self.target = cls(cfg, env)
+        self.input_key = env.input_key = config.input_key
+        self.encoder = env.encoder = env.build("encoders", config.encoder, "model.encoder")
+        require_visible_only_vit(self.encoder, "BootMAE")
+        self.target = env.build("targets", config.target, "model.target")
         env.target_dim = getattr(self.target, "dim", None)
-        cls, cfg = component("decoders", config.pixel_decoder, "model.pixel_decoder", reg)
-        self.pixel_decoder = cls(cfg, env)
+        self.pixel_decoder = env.build("decoders", config.pixel_decoder, "model.pixel_decoder")
         fd = {"out_dim": self.encoder.embed_dim, **config.feature_decoder}
-        cls, cfg = component("decoders", fd, "model.feature_decoder", reg)
-        self.feature_decoder = cls(cfg, env)
+        self.feature_decoder = env.build("decoders", fd, "model.feature_decoder")
         if getattr(self.feature_decoder, "out_dim", self.encoder.embed_dim) != self.encoder.embed_dim:
             raise ConfigError(f"model.feature_decoder.out_dim: must be the encoder width {self.encoder.embed_dim}")
-        cls, cfg = component("maskers", config.masker, "model.masker", reg)
-        self.masker = cls(cfg, env)
-        cls, cfg = component("teachers", config.teacher, "model.teacher", reg)
-        self.teacher = cls(cfg, env, student=self)
+        self.masker = env.build("maskers", config.masker, "model.masker")
+        self.teacher = env.build("teachers", config.teacher, "model.teacher", student=self)
         self.grid = tuple(self.encoder.grid[1:])
         self.total_steps, self.steps_per_epoch = 1, 1
 
@@ -117,13 +108,6 @@ class BootMAE(MethodModel):
             return c.feature_weight * feature_ramp(epoch, self.total_steps / self.steps_per_epoch, c.ramp_fraction)
         return c.feature_weight * feature_ramp(step, self.total_steps, c.ramp_fraction)
 
-    def _noise(self, batch: dict, ctx: Context, noise: torch.Tensor | None, b: int, device: torch.device) -> torch.Tensor:
-        if noise is None:
-            noise = batch.get("mask_noise")
-        if noise is None:
-            noise = self.masker.draw(b, ctx.generator, device)
-        return noise.to(device)
-
     def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None,
                 mask: Mask | None = None) -> Outputs:
         ctx = ctx if ctx is not None else Context()
@@ -133,7 +117,7 @@ class BootMAE(MethodModel):
             ctx.teacher = self.teacher(batch, ctx)  # teacher_latent (B, 1+N, D), last block, no final norm
             feat_target = ctx.teacher["teacher_latent"][:, self.encoder.num_prefix_tokens:]  # (B, N, D)
         if mask is None:
-            mask = self.masker(batch, self._noise(batch, ctx, noise, x.shape[0], x.device), ctx)
+            mask = self.make_mask(batch, ctx, noise)
         latent, layers = self.encoder.encode(self.encoder.embed(x, mask), mask, return_layers=True)  # (B, 1+K, D)
         pix_pred = self.pixel_decoder(latent, mask, ctx, memory=layers[self.pixel_decoder.config.memory_layer])
         feat_pred = self.feature_decoder(latent, mask, ctx, memory=layers[self.feature_decoder.config.memory_layer])

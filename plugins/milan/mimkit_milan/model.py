@@ -18,9 +18,8 @@ from typing import Any
 
 import attrs
 import torch
-from torch import nn
 
-from mimkit.plugin_api import BuildEnv, ConfigError, Context, MethodModel, Outputs, component, explicit_mask
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, explicit_mask, MethodModel, Outputs
 
 
 def milan_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -47,22 +46,15 @@ class MILAN(MethodModel):
     def __init__(self, config: "MILAN.Config", env: BuildEnv):
         super().__init__()
         self.config = config
-        reg = env.registry
-        env.input_key = config.input_key
-        cls, cfg = component("encoders", config.encoder, "model.encoder", reg)
-        self.encoder = cls(cfg, env)
-        env.encoder = self.encoder
-        cls, cfg = component("teachers", config.teacher, "model.teacher", reg)
-        self.teacher = cls(cfg, env, student=self)
+        self.input_key = env.input_key = config.input_key
+        self.encoder = env.encoder = env.build("encoders", config.encoder, "model.encoder")
+        self.teacher = env.build("teachers", config.teacher, "model.teacher", student=self)
         grid = tuple(getattr(self.teacher, "grid", self.encoder.grid[1:]))[-2:]
         if grid != tuple(self.encoder.grid[1:]):
             raise ConfigError(f"model.teacher: its patch grid {grid} differs from the encoder's {self.encoder.grid[1:]}")
         env.target_dim = self.teacher.dim  # the decoder predicts the teacher's width (CLIP B/16: 512)
-        cls, cfg = component("decoders", config.decoder, "model.decoder", reg)
-        self.decoder = cls(cfg, env)
-        cls, cfg = component("maskers", config.masker, "model.masker", reg)
-        self.masker = cls(cfg, env)
-        self.input_key = config.input_key
+        self.decoder = env.build("decoders", config.decoder, "model.decoder")
+        self.masker = env.build("maskers", config.masker, "model.masker")
 
     def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> Outputs:
@@ -74,11 +66,7 @@ class MILAN(MethodModel):
         if mask is not None:
             mask = explicit_mask(mask.to(x.device), self.encoder, self.masker, x.shape[0])
         else:
-            if noise is None:
-                noise = batch.get("mask_noise")
-            if noise is None:
-                noise = self.masker.draw(x.shape[0], ctx.generator, x.device)
-            mask = self.masker(batch, noise.to(x.device), ctx)  # keeps 25%, ∝ attention
+            mask = self.make_mask(batch, ctx, noise)  # keeps 25%, ∝ attention
         latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1 + K, D)
         pred = self.decoder(latent, mask, ctx)  # (B, 1 + N, E)
         target = ctx.teacher["teacher_tokens"].float()

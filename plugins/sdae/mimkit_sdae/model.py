@@ -19,7 +19,8 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from mimkit.plugin_api import BuildEnv, component, ConfigError, Context, gather_tokens, Mask, MethodModel, one_of, Outputs
+from mimkit.plugin_api import (BuildEnv, ConfigError, Context, gather_tokens, Mask, MethodModel, one_of, Outputs,
+                               require_visible_only_vit)
 
 
 def multi_fold_ids(ids_hidden: torch.Tensor, folds: int, shrink_num: int | None = None) -> torch.Tensor:
@@ -82,25 +83,17 @@ class SdAE(MethodModel):
     def __init__(self, config: "SdAE.Config", env: BuildEnv):
         super().__init__()
         self.config = config
-        reg = env.registry
-        env.input_key = config.input_key
-        self.input_key = config.input_key
+        self.input_key = env.input_key = config.input_key
         if config.folds < 1:
             raise ConfigError(f"model.folds: {config.folds}; allowed: an integer >= 1")
-        cls, cfg = component("encoders", config.encoder, "model.encoder", reg)
-        self.encoder = cls(cfg, env)
-        env.encoder = self.encoder
-        if not hasattr(self.encoder, "vit") or self.encoder.config.mode != "visible_only":
-            raise ConfigError("model.encoder: SdAE needs the `vit` encoder in mode visible_only")
+        self.encoder = env.encoder = env.build("encoders", config.encoder, "model.encoder")
+        require_visible_only_vit(self.encoder, "SdAE")
         env.target_dim = self.encoder.embed_dim  # the decoder predicts encoder-width features
-        cls, cfg = component("decoders", {"out_dim": self.encoder.embed_dim, **config.decoder}, "model.decoder", reg)
-        self.decoder = cls(cfg, env)
+        self.decoder = env.build("decoders", {"out_dim": self.encoder.embed_dim, **config.decoder}, "model.decoder")
         if getattr(self.decoder, "predict", "all") != "all":
             raise ConfigError("model.decoder.predict: SdAE's decoder predicts all tokens")
-        cls, cfg = component("maskers", config.masker, "model.masker", reg)
-        self.masker = cls(cfg, env)
-        cls, cfg = component("teachers", config.teacher, "model.teacher", reg)
-        self.teacher = cls(cfg, env, student=self)
+        self.masker = env.build("maskers", config.masker, "model.masker")
+        self.teacher = env.build("teachers", config.teacher, "model.teacher", student=self)
         if self.teacher.paths[0] != "encoder":
             raise ConfigError("model.teacher.copy: SdAE's teacher is an EMA of the student encoder: [encoder]")
 
@@ -119,11 +112,7 @@ class SdAE(MethodModel):
         ctx = ctx if ctx is not None else Context()
         c = self.config
         x = batch[self.input_key]  # (B, C, H, W)
-        if noise is None:
-            noise = batch.get("mask_noise")
-        if noise is None:
-            noise = self.masker.draw(x.shape[0], ctx.generator, x.device)
-        mask = self.masker(batch, noise.to(x.device), ctx)
+        mask = self.make_mask(batch, ctx, noise)
         latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1+K, D)
         pred = self.decoder(latent, mask, ctx)  # (B, N, D)
         ids = multi_fold_ids(mask.ids_hidden, c.folds, c.shrink_num)  # (B*k, n)

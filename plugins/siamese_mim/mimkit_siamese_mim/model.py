@@ -28,7 +28,8 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from mimkit.plugin_api import BuildEnv, component, ConfigError, Context, explicit_mask, gather_tokens, Mask, MethodModel, one_of, Outputs
+from mimkit.plugin_api import (BuildEnv, ConfigError, Context, explicit_mask, gather_tokens, Mask, MethodModel, one_of,
+                               Outputs, require_visible_only_vit)
 
 
 def complementary_mask(mask: Mask) -> Mask:
@@ -74,33 +75,24 @@ class SiameseMIM(MethodModel):
     def __init__(self, config: "SiameseMIM.Config", env: BuildEnv):
         super().__init__()
         self.config = config
-        reg = env.registry
-        env.input_key = config.input_key
-        self.input_key = config.input_key
-        cls, cfg = component("encoders", config.encoder, "model.encoder", reg)
-        self.encoder = cls(cfg, env)
-        env.encoder = self.encoder
-        if not hasattr(self.encoder, "vit") or self.encoder.config.mode != "visible_only":
-            raise ConfigError("model.encoder: siamese MIM needs the `vit` encoder in mode visible_only")
+        self.input_key = env.input_key = config.input_key
+        self.encoder = env.encoder = env.build("encoders", config.encoder, "model.encoder")
+        require_visible_only_vit(self.encoder, "siamese MIM")
         self.target = None
         if config.target_branch == "pixels":
-            cls, cfg = component("targets", config.target, "model.target", reg)
-            self.target = cls(cfg, env)
+            self.target = env.build("targets", config.target, "model.target")
             env.target_dim = getattr(self.target, "dim", None)
         else:
             env.target_dim = self.encoder.embed_dim
-        cls, cfg = component("decoders", {"out_dim": env.target_dim, **config.decoder}, "model.decoder", reg)
-        self.decoder = cls(cfg, env)
+        self.decoder = env.build("decoders", {"out_dim": env.target_dim, **config.decoder}, "model.decoder")
         if getattr(self.decoder, "predict", "all") != "all":
             raise ConfigError("model.decoder.predict: the online branch predicts all tokens")
-        cls, cfg = component("maskers", config.masker, "model.masker", reg)
-        self.masker = cls(cfg, env)
+        self.masker = env.build("maskers", config.masker, "model.masker")
         self.teacher = None
         if config.target_branch == "ema":
             spec = config.teacher or {"name": "ema", "copy": ["encoder"], "momentum": 0.996, "momentum_end": 1.0,
                                       "schedule": "cosine", "every": "step", "attention": False}
-            cls, cfg = component("teachers", spec, "model.teacher", reg)
-            self.teacher = cls(cfg, env, student=self)
+            self.teacher = env.build("teachers", spec, "model.teacher", student=self)
         elif config.teacher is not None:
             raise ConfigError(f"model.teacher: only used with target_branch: ema (got {config.target_branch!r})")
 
@@ -126,11 +118,7 @@ class SiameseMIM(MethodModel):
         if mask is not None:
             mask = explicit_mask(mask.to(x.device), self.encoder, self.masker, x.shape[0])
         else:
-            if noise is None:
-                noise = batch.get("mask_noise")
-            if noise is None:
-                noise = self.masker.draw(x.shape[0], ctx.generator, x.device)
-            mask = self.masker(batch, noise.to(x.device), ctx)
+            mask = self.make_mask(batch, ctx, noise)
         latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1+K, D) online view x * M
         pred = self.decoder(latent, mask, ctx)  # (B, N, D_t)
         comp = complementary_mask(mask)  # keeps the hidden tokens, ascending
