@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.plugin_api import BuildEnv, component, ConfigError, Context, Mask, MethodModel, Outputs
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, Mask, Masker, MethodModel, Outputs, step_noise
 
 from .masking import mask_from_hidden
 
@@ -182,7 +182,7 @@ def last_blocks_cls(encoder: nn.Module, x: torch.Tensor, n: int = 4) -> torch.Te
     return torch.cat([encoder.vit.norm(h)[:, 0] for h in layers[-n:]], dim=-1)
 
 
-class _ViewMasker(nn.Module):
+class _ViewMasker(Masker):
     """The masker, with noise for every view drawn at once in the loader: (V * M,)."""
 
     def __init__(self, masker: nn.Module, views: int):
@@ -232,21 +232,16 @@ class IBOTModel(MethodModel):
     def __init__(self, config: "IBOTModel.Config", env: BuildEnv):
         super().__init__()
         self.config = config
-        reg = env.registry
-        cls, cfg = component("encoders", config.encoder, "model.encoder", reg)
-        self.encoder = cls(cfg, env)
-        env.encoder = self.encoder
+        self.encoder = env.encoder = env.build("encoders", config.encoder, "model.encoder")
         if getattr(getattr(self.encoder, "config", None), "mode", "with_mask_token") != "with_mask_token":
             raise ConfigError("model.encoder.mode: iBOT/AttMask replaces hidden tokens by a mask token; use with_mask_token")
         self.head = IBOTHead(self.encoder.embed_dim, config.out_dim, config.hidden_dim, config.bottleneck_dim,
                              config.head_layers, config.norm_last_layer)
-        cls, cfg = component("maskers", config.masker, "model.masker", reg)
-        self.masker = _ViewMasker(cls(cfg, env), len(config.views))
+        self.masker = _ViewMasker(env.build("maskers", config.masker, "model.masker"), len(config.views))
         self.ibot_loss = IBOTLoss(config.out_dim, config.student_temp, config.teacher_temp, config.warmup_teacher_temp,
                                   config.warmup_teacher_temp_epochs, config.patch_teacher_temp,
                                   config.warmup_patch_teacher_temp, config.center_momentum, config.lambda1, config.lambda2)
-        cls, cfg = component("teachers", config.teacher, "model.teacher", reg)
-        self.teacher = cls(cfg, env, student=self)
+        self.teacher = env.build("teachers", config.teacher, "model.teacher", student=self)
         if "head" not in getattr(self.teacher, "paths", ["head"]):
             raise ConfigError("model.teacher.copy: the iBOT teacher must copy the head too: [encoder, head]")
         self.steps_per_epoch = 1
@@ -275,12 +270,7 @@ class IBOTModel(MethodModel):
             hidden_all = torch.cat(list(mask)) if isinstance(mask, (list, tuple)) else mask
             masks_all = self.masker.inner(batch, hidden_all.to(x_all.device).bool(), ctx)
         else:
-            if noise is None:
-                noise = batch.get("mask_noise")
-            if noise is None:
-                g = ctx.generator or torch.Generator().manual_seed(torch.seed() % 2**63)
-                noise = torch.stack([self.masker.sample_noise(g) for _ in range(b)])
-            noises = self.masker.split(noise.to(x_all.device))[:nv]
+            noises = self.masker.split(step_noise(self.masker, batch, ctx, noise, b, x_all.device))[:nv]
             # one call on all global crops: one ratio (and hint count) per batch, shared by the crops
             masks_all = self.masker.inner(batch, torch.cat(noises), ctx)
         hidden = list(masks_all.hidden.chunk(nv))

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from mimkit.plugin_api import (
-    BuildEnv, component, ConfigError, Context, gather_tokens, Mask, MethodModel, one_of, Outputs,
+    BuildEnv, ConfigError, Context, gather_tokens, Mask, Masker, MethodModel, one_of, Outputs, step_noise,
 )
 
 from .infonce import MLP, MLPConfig, pool_tokens
@@ -39,16 +39,7 @@ def _hidden_mean(per_token: torch.Tensor, mask: Mask) -> torch.Tensor:
     return (per_token * m).sum() / m.sum().clamp(min=1.0)
 
 
-def _noise(model: nn.Module, batch: dict, ctx: Context, noise: torch.Tensor | None, b: int, device: torch.device) -> torch.Tensor:
-    if noise is None:
-        noise = batch.get("mask_noise")
-    if noise is None:
-        g = ctx.generator or torch.Generator().manual_seed(torch.seed() % 2**63)
-        noise = torch.stack([model.masker.sample_noise(g) for _ in range(b)])
-    return noise.to(device)
-
-
-class _PairMasker(nn.Module):
+class _PairMasker(Masker):
     """Two maskers whose per-sample noise is drawn together in the loader: (M_a + M_b,)."""
 
     def __init__(self, a: nn.Module, b: nn.Module):
@@ -62,6 +53,19 @@ class _PairMasker(nn.Module):
     def split(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n_a = self.a.sample_noise(torch.Generator().manual_seed(0)).numel()
         return noise[:, :n_a], noise[:, n_a:]
+
+
+def _build_autoencoder(config: Any, env: BuildEnv, all_tokens: str = "") -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The encoder, pixel target and decoder both methods start from, in this order (published
+    in ``env`` for the components built after them); ``all_tokens``: who needs a decoder that
+    predicts every token."""
+    encoder = env.encoder = env.build("encoders", config.encoder, "model.encoder")
+    target = env.build("targets", config.target, "model.target")
+    env.target_dim = getattr(target, "dim", None)
+    decoder = env.build("decoders", config.decoder, "model.decoder")
+    if all_tokens and getattr(decoder, "predict", "all") != "all":
+        raise ConfigError(f"model.decoder.predict: {all_tokens} predicts all tokens")
+    return encoder, target, decoder
 
 
 class CMAE(MethodModel):
@@ -91,30 +95,17 @@ class CMAE(MethodModel):
     def __init__(self, config: "CMAE.Config", env: BuildEnv):
         super().__init__()
         self.config = config
-        reg = env.registry
-        cls, cfg = component("encoders", config.encoder, "model.encoder", reg)
-        self.encoder = cls(cfg, env)
-        env.encoder = self.encoder
-        cls, cfg = component("targets", config.target, "model.target", reg)
-        self.target = cls(cfg, env)
-        env.target_dim = getattr(self.target, "dim", None)
-        cls, cfg = component("decoders", config.decoder, "model.decoder", reg)
-        self.decoder = cls(cfg, env)
-        if getattr(self.decoder, "predict", "all") != "all":
-            raise ConfigError("model.decoder.predict: CMAE's pixel decoder predicts all tokens")
+        self.input_key = config.input_key
+        self.encoder, self.target, self.decoder = _build_autoencoder(config, env, "CMAE's pixel decoder")
         fd = {"out_dim": self.encoder.embed_dim, **config.feature_decoder}
-        cls, cfg = component("decoders", fd, "model.feature_decoder", reg)
-        self.feature_decoder = cls(cfg, env)
-        cls, cfg = component("maskers", config.masker, "model.masker", reg)
-        self.masker = cls(cfg, env)
+        self.feature_decoder = env.build("decoders", fd, "model.feature_decoder")
+        self.masker = env.build("maskers", config.masker, "model.masker")
         d = self.encoder.embed_dim
         p, q = config.projector, config.predictor
         self.projector = MLP(d, p.hidden_dim, p.out_dim, p.layers, p.norm, p.last_bias, p.bn_eps)
         self.predictor = MLP(p.out_dim, q.hidden_dim, q.out_dim, q.layers, q.norm, q.last_bias, q.bn_eps)
-        cls, cfg = component("losses", {"name": "infonce", **config.infonce}, "model.infonce", reg)
-        self.nce = cls(cfg, BuildEnv(registry=reg))
-        cls, cfg = component("teachers", config.teacher, "model.teacher", reg)
-        self.teacher = cls(cfg, env, student=self)
+        self.nce = BuildEnv(registry=env.registry).build("losses", {"name": "infonce", **config.infonce}, "model.infonce")
+        self.teacher = env.build("teachers", config.teacher, "model.teacher", student=self)
         if "projector" not in self.teacher.paths:
             raise ConfigError("model.teacher.copy: CMAE's target branch needs [encoder, projector]")
 
@@ -148,7 +139,7 @@ class CMAE(MethodModel):
         if mask is not None:
             mask = Mask.from_hidden(mask.to(x.device))
         else:
-            mask = self.masker(batch, _noise(self, batch, ctx, noise, x.shape[0], x.device), ctx)
+            mask = self.make_mask(batch, ctx, noise)
         latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1+K, D)
         pred = self.decoder(latent, mask, ctx)  # (B, N, p*p*C)
         target = self.target(batch, mask, ctx)  # (B, N, p*p*C)
@@ -187,23 +178,14 @@ class MACRL(MethodModel):
     def __init__(self, config: "MACRL.Config", env: BuildEnv):
         super().__init__()
         self.config = config
-        reg = env.registry
-        cls, cfg = component("encoders", config.encoder, "model.encoder", reg)
-        self.encoder = cls(cfg, env)
-        env.encoder = self.encoder
-        cls, cfg = component("targets", config.target, "model.target", reg)
-        self.target = cls(cfg, env)
-        env.target_dim = getattr(self.target, "dim", None)
-        cls, cfg = component("decoders", config.decoder, "model.decoder", reg)
-        self.decoder = cls(cfg, env)
-        self.decoder_low = self.decoder if config.share_decoder else cls(cfg, env)
-        ca, cfa = component("maskers", config.masker_high, "model.masker_high", reg)
-        cb, cfb = component("maskers", config.masker_low, "model.masker_low", reg)
-        self.masker = _PairMasker(ca(cfa, env), cb(cfb, env))
+        self.encoder, self.target, self.decoder = _build_autoencoder(config, env)
+        self.decoder_low = self.decoder if config.share_decoder else env.build("decoders", config.decoder, "model.decoder")
+        self.masker = _PairMasker(env.build("maskers", config.masker_high, "model.masker_high"),
+                                  env.build("maskers", config.masker_low, "model.masker_low"))
         p = config.projector
         self.projector = MLP(self.encoder.embed_dim, p.hidden_dim, p.out_dim, p.layers, p.norm)
-        cls, cfg = component("losses", {"name": "infonce", "dim": p.out_dim, **config.infonce}, "model.infonce", reg)
-        self.nce = cls(cfg, BuildEnv(registry=reg))
+        spec = {"name": "infonce", "dim": p.out_dim, **config.infonce}
+        self.nce = BuildEnv(registry=env.registry).build("losses", spec, "model.infonce")
 
     def _branch(self, x: torch.Tensor, masker: nn.Module, decoder: nn.Module, noise: torch.Tensor,
                 key: str, ctx: Context) -> tuple[Mask, torch.Tensor, torch.Tensor]:
@@ -223,7 +205,7 @@ class MACRL(MethodModel):
         c = self.config
         xa = batch[c.strong_key]
         xb = batch[c.weak_key] if c.weak_key in batch else xa
-        na, nb = self.masker.split(_noise(self, batch, ctx, noise, xa.shape[0], xa.device))
+        na, nb = self.masker.split(step_noise(self.masker, batch, ctx, noise, xa.shape[0], xa.device))
         mask_a, lat_a, rec_a = self._branch(xa, self.masker.a, self.decoder, na, c.strong_key, ctx)
         mask_b, lat_b, rec_b = self._branch(xb, self.masker.b, self.decoder_low, nb, c.strong_key, ctx)
         npfx = self.encoder.num_prefix_tokens

@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.plugin_api import BuildEnv, ConfigError, Context, Mask, MethodModel, explicit_mask, Outputs, component, one_of
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, explicit_mask, Mask, MethodModel, Outputs, one_of, step_noise
 
 from mimkit_text import build_text_tower
 
@@ -87,16 +87,12 @@ class FLIP(MethodModel):
     def __init__(self, config: "FLIP.Config", env: BuildEnv):
         super().__init__()
         self.config = config
-        reg = env.registry
         if not 0.0 <= config.unmasked_tuning <= 1.0:
             raise ConfigError(f"invalid value {config.unmasked_tuning!r} for 'model.unmasked_tuning': a fraction in [0, 1]")
-        cls, cfg = component("encoders", config.encoder, "model.encoder", reg)
-        self.encoder = cls(cfg, env)
+        self.encoder = env.encoder = env.build("encoders", config.encoder, "model.encoder")
         if getattr(getattr(self.encoder, "config", None), "mode", "visible_only") != "visible_only":
             raise ConfigError("model.encoder.mode: FLIP removes the masked patches: use mode: visible_only")
-        env.encoder = self.encoder
-        cls, cfg = component("maskers", config.masker, "model.masker", reg)
-        self.masker = cls(cfg, env)
+        self.masker = env.build("maskers", config.masker, "model.masker")
         self.text = build_text_tower(config.text, "model.text")
         self.img_proj = nn.Linear(self.encoder.embed_dim, config.embed_dim, bias=False)
         self.txt_proj = nn.Linear(self.text.width, config.embed_dim, bias=False)
@@ -144,11 +140,7 @@ class FLIP(MethodModel):
 
     def make_mask(self, batch: dict, ctx: Context, noise: torch.Tensor | None = None) -> Mask:
         x = batch[self.input_key]
-        if noise is None:
-            noise = batch.get("mask_noise")
-        if noise is None:
-            noise = self.masker.draw(x.shape[0], ctx.generator, x.device)
-        noise = noise.to(x.device)
+        noise = step_noise(self.masker, batch, ctx, noise, x.shape[0], x.device)
         if self.training and ctx.step >= self.tune_from:
             return Mask.from_noise(noise, noise.shape[1])  # unmasked tuning: keep every patch
         return self.masker(batch, noise, ctx)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.plugin_api import ConfigError, Context, DataError, FieldError, MethodModel, one_of, Outputs
+from mimkit.plugin_api import ConfigError, Context, DataError, FieldError, MethodModel, one_of, Outputs, step_noise
 
 from .palette import Palette
 
@@ -334,11 +334,7 @@ class IGPT(MethodModel):
         tokens = enc.tokenize(batch[self.input_key])  # (B, L)
         hidden = None
         if self.masker is not None:
-            if noise is None:
-                noise = batch.get("mask_noise")
-            if noise is None:
-                noise = self.masker.draw(tokens.shape[0], ctx.generator, tokens.device)
-            hidden = self.masker(noise.to(tokens.device))  # (B, L)
+            hidden = self.masker(step_noise(self.masker, batch, ctx, noise, tokens.shape[0], tokens.device))  # (B, L)
         h = enc.hidden_states(enc.embed(tokens, hidden))[-1]  # (B, L, D)
         logits = enc.logits(h)  # (B, L, K)
         ce = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), reduction="none").view_as(tokens)  # (B, L)
