@@ -39,6 +39,7 @@ from .model import MethodModel, step_noise
 from .plugins import registry
 from .schema import FieldError, component, one_of
 from .types import Context, Mask, Outputs
+from .viz import pyplot, save_figure
 
 build_model = build  # a recipe (file, mapping, Recipe) -> a freshly initialized model
 
@@ -57,6 +58,8 @@ __all__ = [
     "patch_stats", "normalize_patches", "num_keep_for", "grid_shape",
     # built-in components plugins extend or reuse
     "ViTEncoder", "require_visible_only_vit", "EMATeacher", "FrozenTeacher", "cls_attention", "encoder_outputs",
+    # pictures
+    "pyplot", "save_figure",
     # data
     "SeededDataset", "FashionMNIST", "ImageFolder", "seed_for", "IMAGENET_MEAN", "IMAGENET_STD",
     "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_CLASSES",

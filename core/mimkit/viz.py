@@ -9,13 +9,24 @@ from typing import Any
 
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend (imported on first use: slow)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out a matplotlib figure, write it to ``path`` (creating the folder), close it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
 
 
 def visualizer_name(model: Any) -> str | None:
@@ -38,7 +49,7 @@ def loss_curve(metrics_file: str | Path, path: str | Path, title: str = "") -> P
     knn = [(r["step"], r["knn_top1"]) for r in all_rows if "knn_top1" in r]
     if not rows:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if knn:  # the online k-NN probe on a second axis
         ax2 = ax.twinx()
@@ -55,8 +66,4 @@ def loss_curve(metrics_file: str | Path, path: str | Path, title: str = "") -> P
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title or "training loss", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -9,7 +9,7 @@ import torch
 
 from ..geometry import patchify, unpatchify
 from ..types import Context
-from ..viz import _plt
+from ..viz import pyplot, save_figure
 
 
 class ReconstructionGrid:
@@ -54,7 +54,7 @@ class ReconstructionGrid:
         m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         cols = [torch.nan_to_num((t.cpu() * s + m).clamp(0, 1), nan=0.5) for t in cols]  # hidden = gray
-        plt = _plt()
+        plt = pyplot()
         n = x.shape[0]
         names = ["original", f"masked ({mask.hidden.float().mean():.0%} hidden)", "prediction", "reconstruction + visible"]
         fig, axes = plt.subplots(n, 4, figsize=(4 * 1.6, n * 1.6), squeeze=False)
@@ -70,9 +70,4 @@ class ReconstructionGrid:
         if getattr(getattr(target, "config", None), "norm", "none") != "none":
             caption += "\nnorm_pix: each predicted patch is un-normalized with the mean/std of the same patch of the original"
         fig.suptitle(caption.strip(), fontsize=7)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)

@@ -15,7 +15,7 @@ import attrs
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from mimkit.plugin_api import MimkitError, component, load_source, registry
+from mimkit.plugin_api import MimkitError, component, load_source, registry, pyplot, save_figure
 
 from .corruptions import FAMILIES, corrupt
 from .datasets import image_seeds
@@ -120,10 +120,7 @@ def format_table(result: dict[str, Any], key: str = "top1") -> str:
 def draw_grid(spec: dict[str, Any], corruptions: list[str], severities: Iterable[int], path: str | Path,
               index: int = 0, seed: int = 0) -> Path:
     """PNG: one row per corruption, columns clean + each severity, for test image ``index``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     severities = list(severities)
     clean = shifted_dataset(spec, None, 0, index + 1, seed)
@@ -146,12 +143,7 @@ def draw_grid(spec: dict[str, Any], corruptions: list[str], severities: Iterable
                 ax.set_title("clean" if k == 0 else f"s{severities[k - 1]}", fontsize=8)
             if k == 0:
                 ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def classifier_of(model: torch.nn.Module, source: str) -> Predict:

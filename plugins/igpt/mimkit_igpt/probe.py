@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from mimkit.plugin_api import (
-    ConfigError, eval_datasets, head_subset, load_source, one_of, select_train, topk_accuracy, train_linear_probe,
+    ConfigError, eval_datasets, head_subset, load_source, one_of, pyplot, save_figure, select_train, topk_accuracy,
+    train_linear_probe,
 )
 
 from .model import IGPT
@@ -39,10 +40,7 @@ def layer_features(model: IGPT, dataset: Any, layers: list[int], batch_size: int
 
 def plot_layers(curves: dict[str, dict[int, float]], path: str | Path, title: str = "") -> Path:
     """Top-1 accuracy against layer, one line per initialization."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for name, acc in curves.items():
@@ -56,12 +54,7 @@ def plot_layers(curves: dict[str, dict[int, float]], path: str | Path, title: st
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title or "linear probe by layer", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 class LayerSweep:

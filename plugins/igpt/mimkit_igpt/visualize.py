@@ -7,14 +7,7 @@ from typing import Any, Sequence
 import attrs
 import torch
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from mimkit.plugin_api import pyplot, save_figure
 
 
 def _to_display(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -26,7 +19,7 @@ def _to_display(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
 
 def image_grid(rows: list[list[torch.Tensor]], names: list[str], path: str | Path, title: str = "") -> Path:
     """A grid of (C, H, W) images in [0, 1]: one list per row, ``names`` over the columns."""
-    plt = _plt()
+    plt = pyplot()
     n, m = len(rows), len(rows[0])
     fig, axes = plt.subplots(n, m, figsize=(m * 1.25, n * 1.25 + 0.4), squeeze=False)
     for i, row in enumerate(rows):
@@ -40,12 +33,7 @@ def image_grid(rows: list[list[torch.Tensor]], names: list[str], path: str | Pat
                 ax.set_title(names[j], fontsize=7)
     if title:
         fig.suptitle(title, fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 class Completions:

@@ -27,7 +27,9 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from mimkit.plugin_api import ConfigError, eval_datasets, gather_tokens, head_subset, load_source, one_of
+from mimkit.plugin_api import (
+    ConfigError, eval_datasets, gather_tokens, head_subset, load_source, one_of, pyplot, save_figure,
+)
 
 TRANSFORMS = ("flip", "crop", "color", "noise")
 
@@ -223,10 +225,7 @@ def summary_table(record: dict[str, Any]) -> str:
 
 def plot_invariance(record: dict[str, Any], path: Path) -> Path:
     """Invariance vs mask ratio, one line per run (cosine and normalized panels)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -243,10 +242,7 @@ def plot_invariance(record: dict[str, Any], path: Path) -> Path:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"occlusion invariance ({record['dataset']}, {record['num_images']} images, "
                  f"occlusion {record['config']['occlusion']}, pool {record['config']['pool']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 __all__ = ["OcclusionInvariance", "encode_visible", "transform", "summary_table", "plot_invariance"]

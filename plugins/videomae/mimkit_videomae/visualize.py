@@ -19,7 +19,9 @@ import attrs
 import torch
 from torch import nn
 
-from mimkit.plugin_api import BuildEnv, Context, Mask, normalize_patches, one_of, patch_stats, patchify, unpatchify
+from mimkit.plugin_api import (
+    BuildEnv, Context, Mask, normalize_patches, one_of, patch_stats, patchify, pyplot, save_figure, unpatchify,
+)
 
 
 class VideoPixelTarget(nn.Module):
@@ -115,10 +117,7 @@ class VideoReconstruction:
 
     def __call__(self, model: Any, batch: dict, path: str | Path, mean: Sequence[float] = (0.0,),
                  std: Sequence[float] = (1.0,), seed: int = 0, title: str = "") -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         import numpy as np
         from PIL import Image
 
@@ -145,11 +144,7 @@ class VideoReconstruction:
                         ax.set_title(f"frame {f}", fontsize=6)
         fig.suptitle((title + "\nrows: original | masked | reconstruction (+ visible cubes); one column per frame").strip(),
                      fontsize=7)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        path = save_figure(fig, path, dpi=100)
         if self.config.gif:
             frames = []
             for f in range(t):
