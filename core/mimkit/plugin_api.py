@@ -18,6 +18,7 @@ from .components import (
 )
 from .config import package_presets
 from .components.datasets import FashionMNIST, ImageFolder
+from .components.losses import gather_with_grad
 from .data import (
     FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD, SeededDataset,
     seed_for,
@@ -27,6 +28,7 @@ from .evaluation import (
     LinearProbe, classifier_from_encoder, cosine_lr, encoder_features, eval_datasets, eval_encoder, head_subset,
     load_source, select_train, topk_accuracy, train_linear_probe,
 )
+from .components.targets import PixelTarget
 from .components.teachers import EMATeacher, FrozenTeacher, cls_attention, encoder_outputs
 from .components.vit import ViTEncoder, require_visible_only_vit
 from .geometry import (
@@ -50,14 +52,14 @@ __all__ = [
     "Mask", "Context", "Outputs",
     # building components
     "BuildEnv", "Masker", "Loss", "LossConfig", "MethodModel", "MaskedModel", "explicit_mask", "component", "one_of",
-    "FieldError", "package_presets", "init_xavier_", "step_noise",
+    "FieldError", "package_presets", "init_xavier_", "step_noise", "gather_with_grad",
     # the contracts of the other kinds (typing.Protocol: structural, no need to inherit)
     "Encoder", "Decoder", "Target", "Teacher", "Visualizer", "Dataset", "EvalProtocol", "Exporter",
     # token geometry
     "patchify", "unpatchify", "gather_tokens", "restore_tokens", "sincos_1d", "sincos_2d", "sincos_3d",
     "patch_stats", "normalize_patches", "num_keep_for", "grid_shape",
     # built-in components plugins extend or reuse
-    "ViTEncoder", "require_visible_only_vit", "EMATeacher", "FrozenTeacher", "cls_attention", "encoder_outputs",
+    "ViTEncoder", "require_visible_only_vit", "PixelTarget", "EMATeacher", "FrozenTeacher", "cls_attention", "encoder_outputs",
     # pictures
     "pyplot", "save_figure",
     # data

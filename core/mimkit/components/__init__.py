@@ -12,6 +12,7 @@ import attrs
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..schema import component
 from ..types import Context, Mask
 
@@ -31,6 +32,13 @@ class BuildEnv:
     target_dim: int | None = None  # values per token the decoder must predict
     input_key: str = "image"
     extra: dict[str, Any] = attrs.field(factory=dict)
+
+    def decoder_width(self, out_dim: int | None) -> int:
+        """What a decoder predicts per token: its ``out_dim`` option, else the target's width."""
+        width = out_dim or self.target_dim
+        if width is None:
+            raise ConfigError("model.decoder.out_dim: the target declares no width; set out_dim")
+        return width
 
     def build(self, kind: str, spec: Any, path: str, **kwargs: Any) -> Any:
         """The registered component of ``kind`` (``"decoders"``...) that ``spec`` names, built with

@@ -7,11 +7,25 @@ from __future__ import annotations
 
 import attrs
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..schema import one_of
 from ..types import Context, Outputs
 from . import Loss, LossConfig
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All-gather (B, D) across processes for a contrastive loss: (W*B, D) and this rank's row
+    offset. Only the local slice carries a gradient (the others are constants here); one
+    process: ``(x, 0)``."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    world, rank = dist.get_world_size(), dist.get_rank()
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[rank] = x
+    return torch.cat(parts), rank * x.shape[0]
 
 
 def _masked_mean(per_token: torch.Tensor, outputs: Outputs, tokens: str) -> torch.Tensor:

@@ -26,21 +26,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.plugin_api import BuildEnv, ConfigError, Context, explicit_mask, Mask, MethodModel, Outputs, one_of, step_noise
+from mimkit.plugin_api import (
+    BuildEnv, ConfigError, Context, explicit_mask, gather_with_grad, Mask, MethodModel, Outputs, one_of, step_noise,
+)
 
 from mimkit_text import build_text_tower
 
 
-def gather_features(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All-gather (B, E) over processes -> (W*B, E) and this rank's offset; only the local slice
-    carries a gradient (the other slices are constants here)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x, 0
-    world, rank = dist.get_world_size(), dist.get_rank()
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[rank] = x
-    return torch.cat(parts), rank * x.shape[0]
+gather_features = gather_with_grad  # the name this plugin exports
 
 
 def clip_loss(z_img: torch.Tensor, z_txt: torch.Tensor, scale: torch.Tensor | float, gather: bool = True) -> torch.Tensor:

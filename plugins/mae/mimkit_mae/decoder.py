@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mimkit.plugin_api import (
-    BuildEnv, ConfigError, Context, gather_tokens, init_xavier_, Mask, one_of, restore_tokens, sincos_2d,
+    BuildEnv, Context, gather_tokens, init_xavier_, Mask, one_of, restore_tokens, sincos_2d,
     sincos_3d,
 )
 
@@ -41,9 +41,7 @@ class MAEDecoder(nn.Module):
         super().__init__()
         self.config = config
         enc = env.encoder
-        out_dim = config.out_dim or env.target_dim
-        if out_dim is None:
-            raise ConfigError("model.decoder.out_dim: the target declares no width; set out_dim")
+        out_dim = env.decoder_width(config.out_dim)
         self.predict = config.predict
         self.grad_checkpointing = config.grad_checkpointing
         self.num_prefix = enc.num_prefix_tokens

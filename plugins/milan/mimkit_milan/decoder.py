@@ -74,9 +74,7 @@ class PromptingDecoder(nn.Module):
         super().__init__()
         self.config = config
         enc = env.encoder
-        out_dim = config.out_dim or env.target_dim
-        if out_dim is None:
-            raise ConfigError("model.decoder.out_dim: the target declares no width; set out_dim")
+        out_dim = env.decoder_width(config.out_dim)
         if enc.num_prefix_tokens != 1:
             raise ConfigError("model.decoder: the prompting decoder expects an encoder with one [CLS] token")
         t, h, w = enc.grid

@@ -40,9 +40,7 @@ class VideoMAEDecoder(nn.Module):
         super().__init__()
         self.config = config
         enc = env.encoder
-        out_dim = config.out_dim or env.target_dim
-        if out_dim is None:
-            raise ConfigError("model.decoder.out_dim: the target declares no width; set out_dim")
+        out_dim = env.decoder_width(config.out_dim)
         if getattr(enc, "num_prefix_tokens", 0):
             raise ConfigError("model.decoder: the videomae decoder expects an encoder without prefix tokens")
         if config.embed_dim % config.num_heads:

@@ -11,75 +11,29 @@ recipe draw videos.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import attrs
 import torch
-from torch import nn
 
-from mimkit.plugin_api import (
-    BuildEnv, Context, Mask, normalize_patches, one_of, patch_stats, patchify, pyplot, save_figure, unpatchify,
-)
+from mimkit.plugin_api import BuildEnv, Context, Mask, one_of, patchify, PixelTarget, pyplot, save_figure, unpatchify
 
 
-class VideoPixelTarget(nn.Module):
-    """Raw or per-cube normalized pixels (B, N, pt*ph*pw*C); options as the core ``pixels``."""
+class VideoPixelTarget(PixelTarget):
+    """The core ``pixels`` target with VideoMAE's defaults (per-cube, per-channel norm, eps
+    outside the sqrt), cubes of (pt, ph, pw) even when pt is 1, and the video visualizer."""
 
     visualizer = "video_reconstruction"
 
     @attrs.define(kw_only=True)
-    class Config:
+    class Config(PixelTarget.Config):
         norm: str = attrs.field(default="patch_channel", validator=one_of("none", "patch", "patch_channel"))
-        unbiased: bool = True
-        eps: float = 1e-6
         eps_inside_sqrt: bool = False
-        input_mean: list[float] | None = None
-        input_std: list[float] | None = None
 
     def __init__(self, config: "VideoPixelTarget.Config", env: BuildEnv):
-        super().__init__()
-        self.config = config
-        enc = env.encoder
-        self.patch = tuple(enc.patch)
-        self.channels = enc.in_chans
-        self.dim = math.prod(enc.patch) * self.channels
-        self.input_key = env.input_key
-
-    def _variant(self) -> dict:
-        c = self.config
-        return dict(channels=self.channels, per_channel=c.norm == "patch_channel", unbiased=c.unbiased, eps=c.eps,
-                    eps_inside_sqrt=c.eps_inside_sqrt)
-
-    def _shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        return (1, -1) + (1,) * (x.ndim - 2)
-
-    def raw_patches(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        if c.input_mean is not None and c.input_std is not None:
-            s = self._shape(x)
-            x = x * torch.tensor(c.input_std, device=x.device).view(s) + torch.tensor(c.input_mean, device=x.device).view(s)
-        return patchify(x, self.patch)
-
-    @torch.no_grad()
-    def forward(self, batch: dict, mask: Mask | None = None, ctx: Context | None = None) -> torch.Tensor:
-        patches = self.raw_patches(batch[self.input_key].float())
-        return patches if self.config.norm == "none" else normalize_patches(patches, **self._variant())
-
-    @torch.no_grad()
-    def to_pixels(self, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Predictions (B, N, P*C) back to cube values in the (normalized) input space."""
-        patches = self.raw_patches(x.float())
-        if self.config.norm != "none":
-            mean, scale = patch_stats(patches, **self._variant())
-            pred = pred * scale + mean
-        c = self.config
-        if c.input_mean is not None and c.input_std is not None:
-            reps = pred.shape[-1] // self.channels
-            pred = (pred - torch.tensor(c.input_mean, device=pred.device).repeat(reps)) / torch.tensor(
-                c.input_std, device=pred.device).repeat(reps)
-        return pred
+        super().__init__(config, env)
+        self.patch = tuple(env.encoder.patch)
 
 
 def reconstruct(model: Any, batch: dict, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Mask]:
