@@ -14,11 +14,10 @@ import math
 
 import attrs
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.plugin_api import BuildEnv, Context, Loss, LossConfig, one_of, Outputs
+from mimkit.plugin_api import BuildEnv, Context, gather_with_grad, Loss, LossConfig, one_of, Outputs
 
 
 class SyncBatchNorm1d(nn.SyncBatchNorm):
@@ -77,17 +76,6 @@ class MLPConfig:
     bn_eps: float = 1e-5
 
 
-def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All-gather (B, D) across processes; the local slice keeps its gradient. -> (W*B, D), offset."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x, 0
-    world, rank = dist.get_world_size(), dist.get_rank()
-    parts = [torch.zeros_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[rank] = x
-    return torch.cat(parts), rank * x.shape[0]
-
-
 def pool_tokens(x: torch.Tensor, how: str, num_prefix: int = 1) -> torch.Tensor:
     """(B, T, D) -> (B, D): the first ([CLS]) token, or the mean of the tokens after the prefix;
     (B, D) inputs pass through (``none``)."""
@@ -143,18 +131,13 @@ class InfoNCE(Loss):
         dim = config.dim or (enc.embed_dim if enc is not None else None)
         self.num_prefix = getattr(enc, "num_prefix_tokens", 1) if enc is not None else 1
         self.projector = self.predictor = None
-        if config.projector is not None:
-            if dim is None:
-                raise ValueError("infonce: set `dim` (the query width) to build a projector")
-            p = config.projector
-            self.projector = MLP(dim, p.hidden_dim, p.out_dim, p.layers, p.norm)
-            dim = p.out_dim
-        if config.predictor is not None:
-            if dim is None:
-                raise ValueError("infonce: set `dim` (the query width) to build a predictor")
-            p = config.predictor
-            self.predictor = MLP(dim, p.hidden_dim, p.out_dim, p.layers, p.norm)
-            dim = p.out_dim
+        for part in ("projector", "predictor"):  # query -> projector -> predictor, each optional
+            p = getattr(config, part)
+            if p is not None:
+                if dim is None:
+                    raise ValueError(f"infonce: set `dim` (the query width) to build a {part}")
+                setattr(self, part, MLP(dim, p.hidden_dim, p.out_dim, p.layers, p.norm))
+                dim = p.out_dim
         self.logit_scale = None
         if config.learnable_scale:
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.temperature)))

@@ -24,24 +24,24 @@ def image_seeds(seed: int, corruption: str, severity: int, indices) -> list[int]
     return [seed_for(seed, k, severity, int(i)) for i in indices]
 
 
-def _corruption_field(default: str = "gaussian_noise"):
+def _checked_field(check_value, default):
+    """An attrs field validated by ``check_value(value, name)`` (which raises ConfigError), its
+    message re-raised as a FieldError so that the config error names the whole key."""
     def check(_inst, attr, value):
         try:
-            check_corruption(value, attr.name)
+            check_value(value, attr.name)
         except ConfigError as exc:
             raise FieldError(attr.name, str(exc).split(": ", 1)[1]) from None
 
     return attrs.field(default=default, validator=check)
+
+
+def _corruption_field(default: str = "gaussian_noise"):
+    return _checked_field(check_corruption, default)
 
 
 def _severity_field(default: int = 3):
-    def check(_inst, attr, value):
-        try:
-            check_severity(value, attr.name)
-        except ConfigError as exc:
-            raise FieldError(attr.name, str(exc).split(": ", 1)[1]) from None
-
-    return attrs.field(default=default, validator=check)
+    return _checked_field(check_severity, default)
 
 
 class FashionMNISTC(Dataset):

@@ -72,14 +72,18 @@ def load_image(path: Path, channels: int) -> Image.Image:
         raise DataError(f"cannot read image {path}: {exc}") from None
 
 
+def _read_utf8(path: Path, what: str) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {path} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
 def read_caption_file(path: Path) -> str:
     """The first non-empty line of a caption ``.txt``; DataError naming the file otherwise."""
     if not path.is_file():
         raise DataError(f"caption file missing: {path} (every image needs a sibling .txt caption)")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"caption file {path} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    text = _read_utf8(path, "caption file")
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     if not line:
         raise DataError(f"caption file {path} is empty")
@@ -195,10 +199,7 @@ class ImageTextFolder(Dataset):
     def _index_file(self, index: Path) -> list[tuple[Path, str]]:
         if not index.is_file():
             raise DataError(f"image_text_folder: captions file not found: {index}")
-        try:
-            text = index.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"captions file {index} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        text = _read_utf8(index, "captions file")
         rows: list[tuple[int, Any, Any]] = []
         if index.suffix.lower() == ".jsonl":
             for n, line in enumerate(text.splitlines(), 1):
