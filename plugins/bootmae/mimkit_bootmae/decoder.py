@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimkit.plugin_api import (
-    BuildEnv, ConfigError, Context, gather_tokens, Mask, one_of, patchify, sincos_2d,
+    BuildEnv, ConfigError, Context, gather_tokens, init_xavier_, Mask, one_of, patchify, sincos_2d,
 )
 
 
@@ -132,14 +132,7 @@ class TargetAwareDecoder(nn.Module):
         """The official init: xavier-uniform linears (zero bias), unit LayerNorms, N(0, .02)
         truncated mask token; the ConvTranspose de-embedding keeps PyTorch's default (the official
         ``_init_weights`` only re-initializes nn.Conv2d)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_xavier_(self)
         nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
 
     def forward(self, latent: torch.Tensor, mask: Mask, ctx: Context | None = None,
