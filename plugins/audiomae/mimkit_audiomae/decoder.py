@@ -156,9 +156,7 @@ class AudioMAEDecoder(nn.Module):
             raise ConfigError("model.decoder: the audiomae decoder expects an encoder with one [CLS] token (audio_vit)")
         if config.embed_dim % config.num_heads:
             raise ConfigError(f"model.decoder: embed_dim {config.embed_dim} is not divisible by num_heads {config.num_heads}")
-        out_dim = config.out_dim or env.target_dim
-        if out_dim is None:
-            raise ConfigError("model.decoder.out_dim: the target declares no width; set out_dim")
+        out_dim = env.decoder_width(config.out_dim)
         _, gt, gf = enc.grid
         self.grid = (gt, gf)
         d = config.embed_dim

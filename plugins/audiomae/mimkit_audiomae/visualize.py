@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import attrs
 import torch
 
-from mimkit.plugin_api import Context, patchify, unpatchify
+from mimkit.plugin_api import Context, patchify, pyplot, save_figure, unpatchify
 
 
 class SpectrogramGrid:
@@ -28,8 +28,7 @@ class SpectrogramGrid:
                  std: Sequence[float] = (1.0,), seed: int = 0, title: str = "") -> Path:
         import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         was_training = model.training
         model.eval()
@@ -67,9 +66,4 @@ class SpectrogramGrid:
             if label is not None:
                 axes[i][0].set_ylabel(f"label {int(label[i])}", fontsize=7)
         fig.suptitle((title + "\ntime ->, mel bins ^; hidden patches gray").strip(), fontsize=8)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)

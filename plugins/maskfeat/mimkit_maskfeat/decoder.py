@@ -10,7 +10,7 @@ import attrs
 import torch
 from torch import nn
 
-from mimkit.plugin_api import BuildEnv, ConfigError, Context, gather_tokens, Mask, one_of
+from mimkit.plugin_api import BuildEnv, Context, gather_tokens, Mask, one_of
 
 
 class LinearDecoder(nn.Module):
@@ -26,9 +26,7 @@ class LinearDecoder(nn.Module):
     def __init__(self, config: "LinearDecoder.Config", env: BuildEnv):
         super().__init__()
         self.config = config
-        out_dim = config.out_dim or env.target_dim
-        if out_dim is None:
-            raise ConfigError("model.decoder.out_dim: the target declares no width; set out_dim")
+        out_dim = env.decoder_width(config.out_dim)
         self.predict = config.predict
         self.num_prefix = env.encoder.num_prefix_tokens
         self.head = nn.Linear(env.encoder.embed_dim, out_dim)
