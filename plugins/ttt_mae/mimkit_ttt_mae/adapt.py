@@ -28,6 +28,8 @@ from torch.func import functional_call, grad, vmap
 
 from mimkit.plugin_api import Mask, num_keep_for, seed_for
 
+from .stacked import StackedViT, supports
+
 
 def mask_noise(indices, steps: int, copies: int, num_tokens: int, seed: int) -> torch.Tensor:
     """(n, steps, copies, N) uniform noise; image i's from ``seed_for(seed, index_i)``."""
@@ -88,14 +90,69 @@ def adapt_loop(model: nn.Module, head: nn.Module, images: torch.Tensor, noise: t
 
 
 def adapt_batched(model: nn.Module, head: nn.Module, images: torch.Tensor, noise: torch.Tensor, *, lr: float = 5e-3,
-                  momentum: float = 0.9, mask_ratio: float = 0.75, chunk: int | None = None) -> torch.Tensor:
-    """The same as :func:`adapt_loop` (SGD with momentum) for all images at once: per-image
-    parameter copies stacked on a leading dimension, ``vmap(grad(loss))`` per step. ``chunk``
-    bounds how many images run together (memory)."""
+                  momentum: float = 0.9, mask_ratio: float = 0.75, chunk: int | None = None,
+                  impl: str = "auto") -> torch.Tensor:
+    """The same as :func:`adapt_loop` (SGD with momentum) for many images at once, with one copy of
+    the encoder's parameters per image stacked on a leading dimension.
+
+    ``impl``: ``stacked`` - a hand-written batched-matmul ViT forward (:class:`StackedViT`), one
+    ``autograd.grad`` of the summed per-image losses, a ``torch._foreach`` SGD update;
+    ``vmap`` - ``torch.func.vmap(grad(loss))`` over ``functional_call`` of any encoder;
+    ``auto`` - ``stacked`` where the encoder is supported, else ``vmap``.
+    ``chunk`` bounds how many images run together (memory); None: all."""
+    if impl not in ("auto", "stacked", "vmap"):
+        raise ValueError(f"impl must be auto, stacked or vmap, got {impl!r}")
     n = images.shape[0]
     if chunk is not None and chunk < n:
         return torch.cat([adapt_batched(model, head, images[i : i + chunk], noise[i : i + chunk], lr=lr,
-                                        momentum=momentum, mask_ratio=mask_ratio) for i in range(0, n, chunk)])
+                                        momentum=momentum, mask_ratio=mask_ratio, impl=impl)
+                          for i in range(0, n, chunk)])
+    if impl == "vmap" or (impl == "auto" and supports(model.encoder) is not None):
+        return _adapt_vmap(model, head, images, noise, lr=lr, momentum=momentum, mask_ratio=mask_ratio)
+    return _adapt_stacked(model, head, images, noise, lr=lr, momentum=momentum, mask_ratio=mask_ratio)
+
+
+def _adapt_stacked(model: nn.Module, head: nn.Module, images: torch.Tensor, noise: torch.Tensor, *, lr: float,
+                   momentum: float, mask_ratio: float) -> torch.Tensor:
+    enc, dec, tgt = model.encoder, model.decoder, model.target
+    key = getattr(model, "input_key", "image")
+    n, steps, copies, num_tokens = noise.shape
+    num_keep = num_keep_for(num_tokens, mask_ratio)
+    for p in dec.parameters():
+        p.requires_grad_(False)
+    stacked = StackedViT(enc, n)
+    params = stacked.params
+    xc = images.unsqueeze(1).expand(n, copies, *images.shape[1:]).reshape(n * copies, *images.shape[1:])
+
+    def evaluate() -> torch.Tensor:
+        with torch.no_grad():
+            return head(stacked.forward_features(images))  # (n, classes)
+
+    out = [evaluate()]
+    bufs: list[torch.Tensor] = []
+    for s in range(steps):
+        mask = Mask.from_noise(noise[:, s].reshape(n * copies, num_tokens), num_keep)
+        latent = stacked.forward_masked(images, mask)  # (n * copies, 1 + K, D)
+        pred = dec(latent, mask)  # the frozen decoder's weights are shared: one ordinary batch
+        target = tgt({key: xc}, mask, None)
+        per_patch = ((pred - target) ** 2).mean(-1).view(n, -1)  # (n, copies * N)
+        hidden = mask.hidden.view(n, -1).to(per_patch.dtype)
+        loss = ((per_patch * hidden).sum(1) / hidden.sum(1)).sum()  # images are independent: sum of losses
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():  # torch.optim.SGD: buf = g (first step), then momentum * buf + g; p -= lr * buf
+            if s == 0:
+                bufs = [g.clone() for g in grads]
+            else:
+                torch._foreach_mul_(bufs, momentum)
+                torch._foreach_add_(bufs, grads)
+            torch._foreach_add_(params, bufs, alpha=-lr)
+        out.append(evaluate())
+    return torch.stack(out, 1)  # (n, S + 1, classes)
+
+
+def _adapt_vmap(model: nn.Module, head: nn.Module, images: torch.Tensor, noise: torch.Tensor, *, lr: float,
+                momentum: float, mask_ratio: float) -> torch.Tensor:
+    n = images.shape[0]
     enc, dec, tgt = model.encoder, model.decoder, model.target
     key = getattr(model, "input_key", "image")
     num_keep = num_keep_for(noise.shape[-1], mask_ratio)

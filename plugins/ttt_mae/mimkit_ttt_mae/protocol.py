@@ -71,8 +71,9 @@ class TTTMAEProtocol:
         lr: float = 5e-3  # blr 1e-2 * 128 / 256
         momentum: float = 0.9
         mask_ratio: float = 0.75
-        batched: bool = True  # vmap across test images (same predictions as the per-image loop)
-        chunk: int = 16  # test images adapted together when batched
+        batched: bool = True  # many test images at once (same predictions as the per-image loop)
+        impl: str = attrs.field(default="auto", validator=one_of("auto", "stacked", "vmap"))  # batched implementation
+        chunk: int | None = None  # test images adapted together when batched; None: max(1, 512 // copies)
         corruptions: Any = "all"
         severity: Any = 5
         limit: int | None = 20  # first N test images per corruption/severity
@@ -140,7 +141,7 @@ class TTTMAEProtocol:
             t = time.perf_counter()
             if c.batched:
                 logits = adapt_batched(model, head, x, noise, lr=c.lr, momentum=c.momentum, mask_ratio=c.mask_ratio,
-                                       chunk=c.chunk)
+                                       chunk=c.chunk or max(1, 512 // c.copies), impl=c.impl)
             else:
                 logits = adapt_loop(model, head, x, noise, lr=c.lr, momentum=c.momentum, mask_ratio=c.mask_ratio)
             counter["adapt_s"] += time.perf_counter() - t

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from mimkit.api import build
 from mimkit.plugin_api import Mask, normalize_patches, patchify
-from mimkit_ttt_mae import adapt_batched, adapt_loop, build_head, mae_loss, mask_noise
+from mimkit_ttt_mae import StackedViT, adapt_batched, adapt_loop, build_head, mae_loss, mask_noise, supports
 
 SMALL = {"method": "mae_tiny_fashion_mnist",
          "model": {"encoder": {"embed_dim": 32, "depth": 2, "num_heads": 2},
@@ -62,15 +63,38 @@ def test_loop_step_matches_hand_written_sgd_and_leaves_the_model_unchanged():
 
 
 def test_batched_equals_loop():
-    for kind in ("vit", "linear"):
+    """Both batched implementations give the loop's logits at every step, for both heads."""
+    for kind, impl in (("vit", "stacked"), ("linear", "stacked"), ("vit", "vmap")):
         model, head = _setup(kind)
         x = torch.randn(3, 1, 32, 32)
         noise = mask_noise(range(3), 3, 4, 64, 1)
         a = adapt_loop(model, head, x, noise, lr=0.05)
-        b = adapt_batched(model, head, x, noise, lr=0.05, chunk=2)
+        b = adapt_batched(model, head, x, noise, lr=0.05, chunk=2, impl=impl)
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
         assert torch.equal(a.argmax(-1), b.argmax(-1))
         assert not torch.allclose(a[:, 0], a[:, -1])
+
+
+def test_stacked_with_learned_positions_and_fallback():
+    """A trainable position table is stacked per image too; an encoder the hand-written forward
+    does not cover (mask tokens) falls back to vmap under impl=auto and is refused by stacked."""
+    torch.manual_seed(0)
+    learned = {**SMALL, "model": {**SMALL["model"], "encoder": {**SMALL["model"]["encoder"], "pos_embed": "learned"}}}
+    model = build(learned).eval()
+    assert model.encoder.vit.pos_embed.requires_grad
+    head = build_head("linear", model.encoder, 10, 16, 1, 2).eval()
+    x, noise = torch.randn(2, 1, 32, 32), mask_noise(range(2), 2, 4, 64, 2)
+    stacked = StackedViT(model.encoder, 2)
+    assert "vit.pos_embed" in stacked.names and stacked.stacked["vit.pos_embed"].shape == (2, 1, 65, 32)
+    a = adapt_loop(model, head, x, noise, lr=0.05)
+    torch.testing.assert_close(adapt_batched(model, head, x, noise, lr=0.05, impl="stacked"), a, atol=2e-5, rtol=1e-4)
+    with torch.no_grad():  # the functional forward equals the module's, with the base weights
+        torch.testing.assert_close(stacked.forward_features(x), model.encoder.forward_features(x), atol=1e-5, rtol=1e-5)
+    tokens = {**SMALL, "model": {**SMALL["model"], "encoder": {**SMALL["model"]["encoder"], "mode": "with_mask_token"}}}
+    enc = build(tokens).encoder
+    assert "visible-only" in supports(enc)
+    with pytest.raises(ValueError, match="visible-only"):
+        StackedViT(enc, 2)
 
 
 def test_mask_noise_is_per_image():
