@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--chunk", type=int, default=None)
+    ap.add_argument("--chunk", type=int, default=None, help="images per batched group (default: auto_chunk)")
     ap.add_argument("--impl", default="stacked", choices=["stacked", "vmap", "auto"])
     ap.add_argument("--run", default=None)
     ap.add_argument("--no-profile", action="store_true")
@@ -137,7 +137,7 @@ def main() -> None:
 
     from mimkit.api import build
     from mimkit.plugin_api import load_source
-    from mimkit_ttt_mae import adapt_batched, adapt_loop, build_head, mask_noise
+    from mimkit_ttt_mae import adapt_batched, adapt_loop, auto_chunk, build_head, mask_noise
 
     device = torch.device(args.device)
     cpu = device.type == "cpu"
@@ -158,11 +158,13 @@ def main() -> None:
         x = torch.randn(args.images, enc.in_chans, *enc.img_size, device=device)
         noise = mask_noise(range(args.images), args.steps, copies, enc.num_patches, 0).to(device)
 
+        chunk = args.chunk or auto_chunk(copies)
+
         def loop(x=x, noise=noise, model=model, head=head):
             return adapt_loop(model, head, x, noise)
 
         def batched(x=x, noise=noise, model=model, head=head):
-            return adapt_batched(model, head, x, noise, chunk=args.chunk, impl=args.impl)
+            return adapt_batched(model, head, x, noise, chunk=chunk, impl=args.impl)
 
         adapt_loop(model, head, x[:1], noise[:1, :1])  # warm-up
         adapt_batched(model, head, x[:2], noise[:2, :1], impl=args.impl)
@@ -181,7 +183,7 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in proc.items()}
         medw = {k: statistics.median(v) for k, v in wall.items()}
         row = {
-            "config": cfg, "copies": copies, "images": args.images, "steps": args.steps,
+            "config": cfg, "copies": copies, "images": args.images, "steps": args.steps, "chunk": chunk,
             "encoder": f"{enc.embed_dim}x{len(enc.vit.blocks)}", "decoder": f"{model.decoder.config.embed_dim}x{model.decoder.config.depth}",
             "wall_s": wall, "clock_s": proc, "clock": "process CPU time" if cpu else "wall",
             "images_per_s": {k: args.images / v for k, v in med.items()},

@@ -89,6 +89,13 @@ def adapt_loop(model: nn.Module, head: nn.Module, images: torch.Tensor, noise: t
     return torch.stack(out)
 
 
+def auto_chunk(copies: int, budget: int = 256) -> int:
+    """Images per batched group: about ``budget`` masked copies in flight. Measured on this CPU
+    (tiny encoder, 128 copies): groups of 1-2 images run as fast as the loop, 4 are 12 % slower
+    (the working set leaves the cache), 8 are 25 % slower."""
+    return max(1, budget // copies)
+
+
 def adapt_batched(model: nn.Module, head: nn.Module, images: torch.Tensor, noise: torch.Tensor, *, lr: float = 5e-3,
                   momentum: float = 0.9, mask_ratio: float = 0.75, chunk: int | None = None,
                   impl: str = "auto") -> torch.Tensor:

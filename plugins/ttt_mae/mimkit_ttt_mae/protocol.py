@@ -14,7 +14,7 @@ from mimkit.plugin_api import MimkitError, eval_datasets, load_source, one_of
 
 from mimkit_corruptions import FAMILIES, parse_corruptions, parse_severities, sweep, test_spec
 
-from .adapt import adapt_batched, adapt_loop, mask_noise
+from .adapt import adapt_batched, adapt_loop, auto_chunk, mask_noise
 from .heads import build_head, encoder_tokens, train_head
 
 
@@ -73,7 +73,7 @@ class TTTMAEProtocol:
         mask_ratio: float = 0.75
         batched: bool = True  # many test images at once (same predictions as the per-image loop)
         impl: str = attrs.field(default="auto", validator=one_of("auto", "stacked", "vmap"))  # batched implementation
-        chunk: int | None = None  # test images adapted together when batched; None: max(1, 512 // copies)
+        chunk: int | None = None  # test images adapted together when batched; None: auto_chunk(copies)
         corruptions: Any = "all"
         severity: Any = 5
         limit: int | None = 20  # first N test images per corruption/severity
@@ -141,7 +141,7 @@ class TTTMAEProtocol:
             t = time.perf_counter()
             if c.batched:
                 logits = adapt_batched(model, head, x, noise, lr=c.lr, momentum=c.momentum, mask_ratio=c.mask_ratio,
-                                       chunk=c.chunk or max(1, 512 // c.copies), impl=c.impl)
+                                       chunk=c.chunk or auto_chunk(c.copies), impl=c.impl)
             else:
                 logits = adapt_loop(model, head, x, noise, lr=c.lr, momentum=c.momentum, mask_ratio=c.mask_ratio)
             counter["adapt_s"] += time.perf_counter() - t
