@@ -71,7 +71,10 @@ class TTTMAEProtocol:
         lr: float = 5e-3  # blr 1e-2 * 128 / 256
         momentum: float = 0.9
         mask_ratio: float = 0.75
-        batched: bool = True  # many test images at once (same predictions as the per-image loop)
+        # many test images at once (same predictions as the per-image loop). Off by default: on a CPU
+        # at >= 32 copies the loop is as fast (benchmarks/ttt_mae_batched.py); batched pays with few
+        # copies, small encoders, or on a GPU
+        batched: bool = False
         impl: str = attrs.field(default="auto", validator=one_of("auto", "stacked", "vmap"))  # batched implementation
         chunk: int | None = None  # test images adapted together when batched; None: auto_chunk(copies)
         corruptions: Any = "all"
