@@ -62,6 +62,7 @@ def test_loop_step_matches_hand_written_sgd_and_leaves_the_model_unchanged():
     assert not torch.allclose(logits[0, 0], logits[0, -1])  # the adaptation did something
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # vmap: no CPU SDPA-backward rule
 def test_batched_equals_loop():
     """Both batched implementations give the loop's logits at every step, for both heads."""
     for kind, impl in (("vit", "stacked"), ("linear", "stacked"), ("vit", "vmap")):
