@@ -13,8 +13,9 @@ Two implementations with the same result:
 * :func:`adapt_loop` - the official flow, one image at a time (a fresh encoder copy and
   optimizer per image);
 * :func:`adapt_batched` - many images at once: the encoder's parameters are stacked into one
-  copy per image and every step runs ``torch.func.vmap`` over (parameters, image, mask noise) of
-  ``grad`` of the per-image loss, then the same SGD-momentum update on the stacked tensors.
+  copy per image; every step is one batched forward/backward (a hand-written stacked-weight ViT,
+  :mod:`.stacked`, or ``torch.func.vmap(grad(loss))`` for other encoders), then the same
+  SGD-momentum update on the stacked tensors.
 The mask noise of image ``i`` is drawn up front from its own generator, so both see the same masks.
 """
 from __future__ import annotations
