@@ -52,16 +52,87 @@ RANDOM = "random"
 RANDOM_ARCH = "mae" + SUFFIX  # the architecture of the random-init baseline
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 FRACTIONS = (0.01, 0.1)
+PROTOCOLS = ("knn", "linprobe", "finetune", "occlusion")
 
 
-def discover() -> list[str]:
-    """Installed methods with a tiny Fashion-MNIST preset, plus the random-init baseline."""
+# Methods left out of the default table, with the reason (README "Excluded"); ``--methods`` still
+# runs one of them when it has a ``*_tiny_fashion_mnist`` preset.
+EXCLUDED = {
+    "ttt": "supervised (a ResNet-26 trained on the labels with a rotation head), not self-supervised "
+           "pretraining; its encoder is a ResNet, not the common ViT",
+    "omnimae": "its tiny preset (omnimae_tiny_fmnist_clips) pretrains on a mixture of 3-channel images and "
+               "moving-Fashion-MNIST clips with 2x8x8 cubes: an images-seen budget and the Fashion-MNIST "
+               "labelled pool do not map onto it without changing the method (its image-side k-NN is in "
+               "plugins/omnimae/README.md)",
+}
+
+# The common encoder (the rule): the ViT of mae_tiny_fashion_mnist. Every ViT-encoder preset is
+# overridden to these values where it differs; a method that is not a ViT gets the same width, depth
+# and heads (METHOD_ENCODER below).
+COMMON_VIT = {"embed_dim": 192, "depth": 6, "num_heads": 3, "patch_size": 4, "img_size": 32}
+METHOD_ENCODER = {
+    # iGPT: a GPT-2 over 14x14 palette pixels (no patches): the same width, depth and heads
+    "igpt": {"model.n_embd": 192, "model.n_layer": 6, "model.n_head": 3},
+}
+
+
+# (method, protocol): why that protocol does not apply (no file is written; the table says n/a)
+NOT_APPLICABLE = {
+    ("igpt", "finetune"): "fine-tuning builds a classifier from a timm ViT encoder; iGPT is a GPT-2 over pixels",
+    ("igpt", "occlusion"): "the measure drops patch tokens of a ViT; iGPT has no patches (one token per pixel)",
+}
+
+
+def discover(all_methods: bool = False) -> list[str]:
+    """Installed methods with a tiny Fashion-MNIST preset (less EXCLUDED unless ``all_methods``),
+    plus the random-init baseline."""
     presets = registry().components["presets"]
-    return sorted(n[: -len(SUFFIX)] for n in presets if n.endswith(SUFFIX)) + [RANDOM]
+    found = sorted(n[: -len(SUFFIX)] for n in presets if n.endswith(SUFFIX))
+    return [m for m in found if all_methods or m not in EXCLUDED] + [RANDOM]
+
+
+def encoder_overrides(method: str, base: Any) -> list[str]:
+    """``--set`` overrides that give METHOD the common encoder (empty when its preset has it).
+
+    A ``model.encoder`` with a ViT geometry gets COMMON_VIT; when the patch changes and the
+    target is HOG (MaskFeat), the HOG cell is scaled with it (the paper's patch / cell = 2)."""
+    if method in METHOD_ENCODER:
+        return [f"{k}={v}" for k, v in METHOD_ENCODER[method].items()]
+    enc = base.model.get("encoder") if isinstance(base.model, dict) else None
+    if not isinstance(enc, dict) or "embed_dim" not in enc:
+        return []
+    out = [f"model.encoder.{k}={v}" for k, v in COMMON_VIT.items() if enc.get(k) != v]
+    target = base.model.get("target") or {}
+    if enc.get("patch_size") != COMMON_VIT["patch_size"] and isinstance(target, dict) and "cell" in target:
+        cell = target["cell"] * COMMON_VIT["patch_size"] / enc["patch_size"]
+        out.append(f"model.target.cell={int(cell)}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Pretraining cost
+
+
+def machine() -> str:
+    """The CPU as the READMEs name it, e.g. "AMD EPYC, 2 cores, AVX-512 + bf16"."""
+    name, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name == "unknown CPU":
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    ext = " + ".join(x for x, f in (("AVX-512", "avx512f"), ("bf16", "avx512_bf16")) if f in flags)
+    return f"{name}, {os.cpu_count()} cores" + (f", {ext}" if ext else "")
+
+
+def loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 class PeakRSS:
@@ -116,8 +187,22 @@ def pretrain(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
         n_data, batch = min(n_data, 256), 32
         overrides += [f"{key}.limit={n_data}", f"train.batch_size={batch}"]
     steps = max(1, math.ceil(args.budget / batch))
-    overrides += [f"train.epochs={args.budget / n_data:g}", f"train.max_steps={steps}", f"train.ckpt_every={steps}"]
-    t0 = time.perf_counter()
+    epochs = args.budget / n_data
+    # the preset's warm-up fraction is kept: warmup_epochs scales with the length
+    warmup = base.optim.warmup_epochs * epochs / base.train.epochs
+    overrides += [f"train.epochs={epochs:g}", f"train.max_steps={steps}", f"train.ckpt_every={steps}",
+                  f"optim.warmup_epochs={warmup:g}"]
+    method_specific = encoder_overrides(method, base)
+    teacher = None
+    if method == "milan":  # MILAN distils FLIP's image tower: the FLIP run of this comparison, same seed
+        flip = args.out / "results" / "flip" / f"seed{seed}" / "pretrain.json"
+        rec = json.loads(flip.read_text()) if flip.exists() else {}
+        if "run" not in rec:
+            raise RuntimeError(f"MILAN needs the FLIP teacher of this comparison: run flip first ({flip} has no run)")
+        teacher = rec["run"]
+        method_specific.append(f"model.teacher.source={teacher}")
+    overrides += method_specific
+    t0, load0 = time.perf_counter(), loadavg()
     with PeakRSS() as mem:
         run = mimkit.train({"method": preset}, overrides=overrides, overwrite=True)
     seconds = time.perf_counter() - t0
@@ -127,7 +212,9 @@ def pretrain(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
             "seconds": round(seconds, 2), "minutes": round(seconds / 60, 3),
             "images_per_s": round(steps * batch / seconds, 2), "peak_rss_mib": round(mem.peak, 1),
             "peak_cuda_mib": mem.cuda_peak, "encoder_params": _count(getattr(model, "encoder", None)),
-            "total_params": _count(model), "overrides": overrides}
+            "total_params": _count(model), "overrides": overrides, "method_overrides": method_specific,
+            "teacher_run": teacher, "machine": machine(), "load_avg_1min": [load0, loadavg()],
+            "torch_threads": torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,10 +236,11 @@ def jobs(method: str, seed: int, args: argparse.Namespace) -> list[tuple[str, Ca
     """(file stem, function of the pretraining record) of every evaluation of one (method, seed)."""
     lt, lte = args.limit_train, args.limit_test
     out: list[tuple[str, Callable[[dict | None], dict]]] = []
-    for f in FRACTIONS:
+    skip = {proto for (m, proto) in NOT_APPLICABLE if m == method}
+    for f in args.fractions:
         common = {"seed": seed, "labels_fraction": f, "split_seed": seed, "limit_train": lt, "limit_test": lte}
 
-        def knn(pre, common=common):
+        def knn(pre, common=common):  # noqa: E306
             src, init = source_of(method, seed, args, pre)
             return ev.knn(src, init=init, **common)
 
@@ -163,16 +251,17 @@ def jobs(method: str, seed: int, args: argparse.Namespace) -> list[tuple[str, Ca
 
         def ft(pre, common=common, f=f):
             src, init = source_of(method, seed, args, pre)
-            epochs = args.ft_epochs[FRACTIONS.index(f)]
+            epochs = args.ft_epochs[0 if f < 0.05 else 1]
             return ev.finetune(src, init=init, epochs=epochs, blr=args.ft_blr, mixup=0.0, cutmix=0.0,
                                warmup_epochs=max(1, epochs // 10) if epochs > 1 else 0.5, **common)
 
-        out += [(f"knn_frac{f:g}", knn), (f"linprobe_frac{f:g}", lp), (f"finetune_frac{f:g}", ft)]
-    if "occlusion" in registry().components["protocols"]:
+        out += [(f"{name}_frac{f:g}", fn) for name, fn in (("knn", knn), ("linprobe", lp), ("finetune", ft))
+                if name in args.protocols and name not in skip]
+    if "occlusion" in args.protocols and "occlusion" not in skip and "occlusion" in registry().components["protocols"]:
         def occ(pre):
             src, init = source_of(method, seed, args, pre)
             proto = registry().get("protocols", "occlusion")
-            cfg = proto.Config(num_images=args.occlusion_images, seed=seed,
+            cfg = proto.Config(num_images=args.occlusion_images, seed=seed, ratios=[0.75], transforms=[],
                                plot=str(args.out / "results" / method / f"seed{seed}" / "occlusion.png"))
             return proto(cfg)([src if init == "pretrained" else f"random:{src}"])
         out.append(("occlusion", occ))
@@ -253,12 +342,21 @@ COLUMNS = [("kNN 1%", "knn_frac0.01", "top1", 100), ("kNN 10%", "knn_frac0.1", "
            ("occl. inv. 75%", "occlusion", "occlusion", 1)]
 
 
+def _short(override: str) -> str:
+    """The value of ``key=value``; a path (MILAN's teacher run) as its last component."""
+    v = override.split("=", 1)[1]
+    return Path(v).name if "/" in v else v
+
+
 def table(res: dict, methods: list[str] | None = None) -> str:
     """Markdown, one row per method: cost, then mean ± std over the seeds of every protocol."""
     head = ["method", "seeds", "enc. params (M)", "images seen", "img/s", "minutes", "peak RSS (MiB)"]
-    head += [c[0] for c in COLUMNS]
+    rows = methods or sorted(res, key=lambda k: (k == RANDOM, k))
+    # only the protocols that ran for some method (a partial run, e.g. --protocols knn linprobe)
+    cols = [c for c in COLUMNS if any(c[1] in s for m in rows for s in res.get(m, {}).values())]
+    head += [c[0] for c in cols] + ["overrides (encoder, teacher)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in methods or sorted(res, key=lambda k: (k == RANDOM, k)):
+    for m in rows:
         seeds = res.get(m, {})
         if not seeds:
             continue
@@ -275,9 +373,12 @@ def table(res: dict, methods: list[str] | None = None) -> str:
                _cell([p["images_per_s"] for p in ok], digits=0) if ok else "–",
                _cell([p["minutes"] for p in ok], digits=2) if ok else ("0" if m == RANDOM else "–"),
                _cell([p["peak_rss_mib"] for p in ok], digits=0) if ok else "–"]
-        for _, stem, key, scale in COLUMNS:
+        for _, stem, key, scale in cols:
             vals = [v for s in seeds.values() if (v := _value(s.get(stem), key)) is not None]
-            row.append(_cell(vals, scale, 1 if scale == 100 else 3))
+            na = next((why for (mm, proto), why in NOT_APPLICABLE.items() if mm == m and stem.startswith(proto)), None)
+            row.append("n/a" if na and not vals else _cell(vals, scale, 1 if scale == 100 else 3))
+        over = ok[0].get("method_overrides") if ok else None
+        row.append("–" if not over else ", ".join(f"`{o.split('=')[0].split('.')[-1]}={_short(o)}`" for o in over))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -338,6 +439,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ft-epochs", type=int, nargs=2, default=[30, 5], help="fine-tuning epochs at 1%% and 10%%")
     p.add_argument("--ft-blr", type=float, default=5e-3)
     p.add_argument("--occlusion-images", type=int, default=512)
+    p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="label fractions")
+    p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+    p.add_argument("--all-methods", action="store_true", help="also the EXCLUDED methods (ttt)")
     p.add_argument("--retry-errors", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny budget and eval subsets: a smoke test")
     args = p.parse_args(argv)
@@ -351,11 +455,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    installed = discover()
-    methods = args.methods or installed
+    installed = discover(all_methods=True)
+    methods = args.methods or discover(args.all_methods)
     unknown = [m for m in methods if m not in installed]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; installed: {installed}")
+    if "milan" in methods and "flip" in methods and methods.index("milan") < methods.index("flip"):
+        methods = [m for m in methods if m != "flip"]
+        methods.insert(methods.index("milan"), "flip")  # MILAN's teacher is this comparison's FLIP run
     args.out.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
     t0 = time.perf_counter()
@@ -365,9 +472,12 @@ def main(argv: list[str] | None = None) -> int:
     res = load_results(args.out)
     md = table(res, [m for m in methods if m in res])
     scale = "SMOKE-SCALE (--quick)" if args.quick else "full"
+    loads = [x for m in methods for s in res.get(m, {}).values()
+             for x in (s.get("pretrain") or {}).get("load_avg_1min") or [] if x is not None]
+    load = f"; 1-min load average during pretraining {min(loads):g}-{max(loads):g}" if loads else ""
     header = (f"Fashion-MNIST test top-1 (%), mean ± std over seeds {args.seeds} ({scale} run: pretraining budget "
               f"{args.budget} images seen; labelled pool {args.limit_train or 60000}, test items "
-              f"{args.limit_test or 10000}). Generated by `examples/compare_methods.py "
+              f"{args.limit_test or 10000}). {machine()}{load}. Generated by `examples/compare_methods.py "
               f"{' '.join(argv if argv is not None else sys.argv[1:])}`.")
     (args.out / "table.md").write_text(header + "\n\n" + md + "\n")
     write_readme(args.readme, md, header)
@@ -380,5 +490,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.exit(main())
