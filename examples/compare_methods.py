@@ -4,23 +4,33 @@
     .venv/bin/python examples/compare_methods.py --methods mae supmae random --seeds 0
     .venv/bin/python examples/compare_methods.py --quick --out runs/compare_quick   # smoke scale (~1 min/method)
 
-Methods: every registered preset whose name contains ``tiny_fashion_mnist`` (the method is the
-preset name without that suffix), plus ``random`` (the encoder of ``mae_tiny_fashion_mnist`` with a
-fresh seeded initialization, not pretrained).
+Methods: every registered preset whose name ends with ``_tiny_fashion_mnist`` (the method is the
+preset name without that suffix) less ``EXCLUDED`` (with the reason), plus ``random`` (the common
+encoder with a fresh seeded initialization, not pretrained).
+
+Same encoder: every method is run with the encoder of ``mae_tiny_fashion_mnist`` (ViT, 192-d, 6
+blocks, 3 heads, patch 4, 32 px: 2.69 M parameters), imposed by ``--set`` overrides where a preset
+differs (``encoder_overrides``: CMAE / MACRL / AttMask depth 4 -> 6; MaskFeat patch 8 -> 4 with its
+HOG cell 4 -> 2, the paper's patch / cell = 2; iGPT, a GPT-2 over 14x14 pixels, gets the same width,
+depth and heads). The method-specific parts stay as the preset ships them (decoders, projectors, the
+EMA teachers of AttMask / BootMAE / SdAE, FLIP's text tower) and MILAN's teacher is the FLIP run of
+this comparison (same seed, so ``flip`` runs before ``milan``).
 
 Budget: the same number of **pretraining images seen** (``--budget``, default 240,000 = 4 epochs of
 Fashion-MNIST, the tiny presets' own length). Each preset keeps its own batch size, schedule shape,
-masking, targets and loss weights (its paper's recipe scaled down by its plugin: the rule is "the
-tiny preset as shipped"); only the length changes: ``train.epochs = budget / len(train data)`` and
-``train.max_steps = ceil(budget / batch)``. Images seen, not wall-clock, because this machine is
-shared and its speed varies by 10x with the load: a wall-clock budget would measure the neighbours.
-Methods with two views per image (CMAE, Siamese MIM, ...) count one image per dataset item; their
-extra cost shows in the images/s and minutes columns instead.
+masking, targets and loss weights (its paper's recipe scaled down by its plugin); only the length
+changes: ``train.epochs = budget / len(train data)``, ``train.max_steps = ceil(budget / batch)``, and
+``optim.warmup_epochs`` scaled by the same factor (the preset's warm-up fraction is kept). Images
+seen, not wall-clock, because this machine is shared and its speed varies by 10x with the load: a
+wall-clock budget would measure the neighbours. Methods with two views per image (CMAE, Siamese
+MIM, ...) count one image per dataset item; their extra cost shows in the images/s and minutes
+columns instead.
 
 Per (method, seed): pretraining (seed = the recipe seed), then k-NN and the linear probe on frozen
-[CLS] features and end-to-end fine-tuning, each at 1% and 10% of the labels (class-balanced split,
+features (the encoder's ``eval_encoder`` / [CLS]; iGPT: its average-pooled probe layer) and
+end-to-end fine-tuning, each at 1% and 10% of the labels (``--fractions``; class-balanced split,
 split seed = seed), and the occlusion-invariance measure of ``plugins/siamese_mim`` when that plugin
-is installed. One JSON per (method, seed, protocol) under ``OUT/results/METHOD/seedS/``; a result that
+is installed (``--protocols`` runs a subset; ``NOT_APPLICABLE`` lists what cannot read a method). One JSON per (method, seed, protocol) under ``OUT/results/METHOD/seedS/``; a result that
 exists is never recomputed (``--retry-errors`` re-runs the failed ones). The Markdown table is
 regenerated between the markers ``<!-- compare:begin -->`` / ``<!-- compare:end -->`` of ``--readme``
 and the plot (accuracy vs pretraining minutes, one marker per method) goes to ``OUT/compare.png``.
@@ -394,7 +404,8 @@ def write_readme(readme: Path, md: str, header: str) -> None:
     readme.write_text(text)
 
 
-def plot(res: dict, path: Path, stem: str = "linprobe_frac0.1") -> Path | None:
+def plot(res: dict, path: Path, stem: str = "linprobe_frac0.1", methods: list[str] | None = None,
+         title: str = "") -> Path | None:
     """Accuracy (``stem``'s top-1, mean over seeds) vs pretraining minutes, one marker per method."""
     try:
         import matplotlib
@@ -404,17 +415,21 @@ def plot(res: dict, path: Path, stem: str = "linprobe_frac0.1") -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     markers = "os^vD<>pPXh*8d"
-    for i, m in enumerate(sorted(res, key=lambda k: (k == RANDOM, k))):
+    for i, m in enumerate(methods or sorted(res, key=lambda k: (k == RANDOM, k))):
         seeds = res[m].values()
         acc = [v for s in seeds if (v := _value(s.get(stem), "top1")) is not None]
         mins = [s["pretrain"]["minutes"] for s in seeds if "pretrain" in s and "error" not in s["pretrain"]]
         if not acc:
             continue
         x = statistics.mean(mins) if mins else 0.0
-        ax.scatter([x], [100 * statistics.mean(acc)], marker=markers[i % len(markers)], s=60, label=m)
+        y = 100 * statistics.mean(acc)
+        ax.scatter([x], [y], marker=markers[i % len(markers)], s=60, label=m)
+        ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6)
     ax.set_xlabel("pretraining minutes (this machine)")
     ax.set_ylabel(f"{stem.replace('_frac', ' @ ')} labels: top-1 (%)")
     ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=7)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -439,6 +454,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ft-epochs", type=int, nargs=2, default=[30, 5], help="fine-tuning epochs at 1%% and 10%%")
     p.add_argument("--ft-blr", type=float, default=5e-3)
     p.add_argument("--occlusion-images", type=int, default=512)
+    p.add_argument("--plot", type=Path, default=None, help="the PNG (default OUT/compare.png)")
     p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="label fractions")
     p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
     p.add_argument("--all-methods", action="store_true", help="also the EXCLUDED methods (ttt)")
@@ -479,9 +495,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.budget} images seen; labelled pool {args.limit_train or 60000}, test items "
               f"{args.limit_test or 10000}). {machine()}{load}. Generated by `examples/compare_methods.py "
               f"{' '.join(argv if argv is not None else sys.argv[1:])}`.")
+    header_short = f"{args.budget} images seen, seeds {args.seeds}, {machine()}"
     (args.out / "table.md").write_text(header + "\n\n" + md + "\n")
     write_readme(args.readme, md, header)
-    png = plot(res, args.out / "compare.png")
+    stem = "linprobe_frac0.1" if 0.1 in args.fractions else f"linprobe_frac{args.fractions[-1]:g}"
+    png = plot(res, args.plot or args.out / "compare.png", stem, [m for m in methods if m in res], header_short)
     (args.out / "log.txt").write_text("\n".join(log) + "\n")
     print(header + "\n\n" + md)
     ran = sum(1 for x in log if x.startswith("run"))
