@@ -487,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
             run_method(m, s, args, log)
     res = load_results(args.out)
     md = table(res, [m for m in methods if m in res])
-    scale = "SMOKE-SCALE (--quick)" if args.quick else "full"
+    full = args.budget >= 240_000 and args.limit_train is None and args.limit_test is None and len(args.seeds) >= 3
+    scale = "SMOKE-SCALE (--quick)" if args.quick else ("full" if full else "REDUCED (budget, seeds or eval subsets)")
     loads = [x for m in methods for s in res.get(m, {}).values()
              for x in (s.get("pretrain") or {}).get("load_avg_1min") or [] if x is not None]
     load = f"; 1-min load average during pretraining {min(loads):g}-{max(loads):g}" if loads else ""
