@@ -6,7 +6,10 @@
 
 Methods: every registered preset whose name ends with ``_tiny_fashion_mnist`` (the method is the
 preset name without that suffix) less ``EXCLUDED`` (with the reason), plus ``random`` (the common
-encoder with a fresh seeded initialization, not pretrained).
+encoder with a fresh seeded initialization, not pretrained). A method whose encoder at random init
+differs from that one (``own_architecture``: MaskFeat / MFM / AttMask use timm's init and learned
+positions, iGPT is another model) also gets k-NN and the linear probe of its own architecture at
+random init (``randarch_*`` records, the "own arch. random" columns).
 
 Same encoder: every method is run with the encoder of ``mae_tiny_fashion_mnist`` (ViT, 192-d, 6
 blocks, 3 heads, patch 4, 32 px: 2.69 M parameters), imposed by ``--set`` overrides where a preset
@@ -53,7 +56,7 @@ import torch
 
 import mimkit
 from mimkit import evaluate as ev
-from mimkit.config import resolve
+from mimkit.config import apply_overrides, resolve
 from mimkit.plugins import registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,6 +245,34 @@ def source_of(method: str, seed: int, args: argparse.Namespace, pre: dict | None
     return pre["run"], "pretrained"
 
 
+def _encoder_spec(method: str) -> Any:
+    """What decides a random-init encoder's features: the encoder spec after the common-encoder
+    overrides (less ``mode``, which only changes masked inputs), or the whole model for a non-ViT."""
+    preset = method + SUFFIX
+    r = resolve({"method": preset}, overrides=encoder_overrides(method, resolve({"method": preset})))
+    enc = r.model.get("encoder")
+    return {k: v for k, v in enc.items() if k != "mode"} if isinstance(enc, dict) else r.model
+
+
+def own_architecture(method: str) -> bool:
+    """True when METHOD's encoder at random init is not the ``random`` row's (another init scheme,
+    positional embedding or model): its own random-init baseline is then evaluated as well."""
+    return method != RANDOM and _encoder_spec(method) != _encoder_spec(RANDOM_ARCH[: -len(SUFFIX)])
+
+
+def arch_recipe(method: str, args: argparse.Namespace) -> str:
+    """A recipe file: METHOD's tiny preset with the common-encoder overrides (its architecture)."""
+    import yaml
+
+    preset = method + SUFFIX
+    path = args.out / f"random_arch_{method}.yaml"
+    if not path.exists():
+        raw = apply_overrides({"method": preset}, encoder_overrides(method, resolve({"method": preset})))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(path)
+
+
 def jobs(method: str, seed: int, args: argparse.Namespace) -> list[tuple[str, Callable[[dict | None], dict]]]:
     """(file stem, function of the pretraining record) of every evaluation of one (method, seed)."""
     lt, lte = args.limit_train, args.limit_test
@@ -267,6 +298,15 @@ def jobs(method: str, seed: int, args: argparse.Namespace) -> list[tuple[str, Ca
 
         out += [(f"{name}_frac{f:g}", fn) for name, fn in (("knn", knn), ("linprobe", lp), ("finetune", ft))
                 if name in args.protocols and name not in skip]
+        if own_architecture(method):  # the baseline of this architecture: the same protocols at random init
+            def rknn(pre, common=common):
+                return ev.knn(arch_recipe(method, args), init="random", **common)
+
+            def rlp(pre, common=common):
+                return ev.linprobe(arch_recipe(method, args), init="random", epochs=args.lp_epochs,
+                                   warmup_epochs=max(1, args.lp_epochs // 9), **common)
+            out += [(f"randarch_{name}_frac{f:g}", fn) for name, fn in (("knn", rknn), ("linprobe", rlp))
+                    if name in args.protocols]
     if "occlusion" in args.protocols and "occlusion" not in skip and "occlusion" in registry().components["protocols"]:
         def occ(pre):
             src, init = source_of(method, seed, args, pre)
@@ -350,6 +390,9 @@ COLUMNS = [("kNN 1%", "knn_frac0.01", "top1", 100), ("kNN 10%", "knn_frac0.1", "
            ("LP 1%", "linprobe_frac0.01", "top1", 100), ("LP 10%", "linprobe_frac0.1", "top1", 100),
            ("FT 1%", "finetune_frac0.01", "top1", 100), ("FT 10%", "finetune_frac0.1", "top1", 100),
            ("occl. inv. 75%", "occlusion", "occlusion", 1)]
+# the random init of the row's own architecture (only where it differs from the ``random`` row's)
+COLUMNS += [(f"{name} (own arch. random)", f"randarch_{stem}", key, scale)
+            for name, stem, key, scale in COLUMNS if stem.startswith(("knn", "linprobe"))]
 
 
 def _short(override: str) -> str:
@@ -386,6 +429,9 @@ def table(res: dict, methods: list[str] | None = None) -> str:
         for _, stem, key, scale in cols:
             vals = [v for s in seeds.values() if (v := _value(s.get(stem), key)) is not None]
             na = next((why for (mm, proto), why in NOT_APPLICABLE.items() if mm == m and stem.startswith(proto)), None)
+            if stem.startswith("randarch_") and not vals and ok:
+                row.append("= random")  # the same architecture as the random row
+                continue
             row.append("n/a" if na and not vals else _cell(vals, scale, 1 if scale == 100 else 3))
         over = ok[0].get("method_overrides") if ok else None
         row.append("–" if not over else ", ".join(f"`{o.split('=')[0].split('.')[-1]}={_short(o)}`" for o in over))

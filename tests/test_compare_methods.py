@@ -68,15 +68,25 @@ def test_table_marks_not_applicable_and_hides_protocols_that_did_not_run():
     cm = _module()
     pre = {"images_seen": 10, "images_per_s": 5.0, "minutes": 0.1, "peak_rss_mib": 900.0, "encoder_params": 2.7e6,
            "method_overrides": ["model.n_embd=192"]}
-    res = {"igpt": {0: {"pretrain": pre, "knn_frac0.1": {"top1": 0.5}}},
+    res = {"igpt": {0: {"pretrain": pre, "knn_frac0.1": {"top1": 0.5}, "randarch_knn_frac0.1": {"top1": 0.6}}},
            "mae": {0: {"pretrain": {**pre, "method_overrides": []}, "knn_frac0.1": {"top1": 0.7},
                        "occlusion": {"runs": [{"masked": {"0.75": {"normalized": 0.25}}}]}},
                    1: {"pretrain": {**pre, "method_overrides": []}, "knn_frac0.1": {"top1": 0.8}}}}
     md = cm.table(res)
     head, _, igpt, mae = md.splitlines()
     assert "kNN 10%" in head and "occl. inv. 75%" in head and "LP 10%" not in head and "kNN 1%" not in head
-    assert igpt.split("|")[-3].strip() == "n/a" and "`n_embd=192`" in igpt
-    assert "75.0 ± 7.1" in mae and "0.250" in mae
+    assert "kNN 10% (own arch. random)" in head and "LP 10% (own arch. random)" not in head
+    assert [c.strip() for c in igpt.split("|")[-5:-2]] == ["50.0", "n/a", "60.0"] and "`n_embd=192`" in igpt
+    assert "75.0 ± 7.1" in mae and "0.250" in mae and mae.split("|")[-3].strip() == "= random"
+
+
+def test_own_architecture_baseline_only_where_random_init_differs():
+    """MaskFeat / MFM / AttMask (timm init, learned positions) and iGPT get their own random-init
+    baseline; the methods built on MAE's encoder (sincos, MAE init) share the ``random`` row."""
+    cm = _module()
+    own = {m for m in cm.discover()[:-1] if cm.own_architecture(m)}
+    assert {"maskfeat", "mfm", "attmask", "igpt"} <= own
+    assert not own & {"mae", "supmae", "cmae", "macrl", "sdae", "siamese_mim", "bootmae", "flip", "milan"}
 
 
 def test_readme_section_is_replaced_not_duplicated(tmp_path):
