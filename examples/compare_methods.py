@@ -503,7 +503,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plot", type=Path, default=None, help="the PNG (default OUT/compare.png)")
     p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="label fractions")
     p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
-    p.add_argument("--all-methods", action="store_true", help="also the EXCLUDED methods (ttt)")
+    p.add_argument("--all-methods", action="store_true", help="also the EXCLUDED methods that have a tiny Fashion-MNIST preset (ttt)")
     p.add_argument("--retry-errors", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny budget and eval subsets: a smoke test")
     args = p.parse_args(argv)
