@@ -4,23 +4,36 @@
     .venv/bin/python examples/compare_methods.py --methods mae supmae random --seeds 0
     .venv/bin/python examples/compare_methods.py --quick --out runs/compare_quick   # smoke scale (~1 min/method)
 
-Methods: every registered preset whose name contains ``tiny_fashion_mnist`` (the method is the
-preset name without that suffix), plus ``random`` (the encoder of ``mae_tiny_fashion_mnist`` with a
-fresh seeded initialization, not pretrained).
+Methods: every registered preset whose name ends with ``_tiny_fashion_mnist`` (the method is the
+preset name without that suffix) less ``EXCLUDED`` (with the reason), plus ``random`` (the common
+encoder with a fresh seeded initialization, not pretrained). A method whose encoder at random init
+differs from that one (``own_architecture``: MaskFeat / MFM / AttMask use timm's init and learned
+positions, iGPT is another model) also gets k-NN and the linear probe of its own architecture at
+random init (``randarch_*`` records, the "own arch. random" columns).
+
+Same encoder: every method is run with the encoder of ``mae_tiny_fashion_mnist`` (ViT, 192-d, 6
+blocks, 3 heads, patch 4, 32 px: 2.69 M parameters), imposed by ``--set`` overrides where a preset
+differs (``encoder_overrides``: CMAE / MACRL / AttMask depth 4 -> 6; MaskFeat patch 8 -> 4 with its
+HOG cell 4 -> 2, the paper's patch / cell = 2; iGPT, a GPT-2 over 14x14 pixels, gets the same width,
+depth and heads). The method-specific parts stay as the preset ships them (decoders, projectors, the
+EMA teachers of AttMask / BootMAE / SdAE, FLIP's text tower) and MILAN's teacher is the FLIP run of
+this comparison (same seed, so ``flip`` runs before ``milan``).
 
 Budget: the same number of **pretraining images seen** (``--budget``, default 240,000 = 4 epochs of
 Fashion-MNIST, the tiny presets' own length). Each preset keeps its own batch size, schedule shape,
-masking, targets and loss weights (its paper's recipe scaled down by its plugin: the rule is "the
-tiny preset as shipped"); only the length changes: ``train.epochs = budget / len(train data)`` and
-``train.max_steps = ceil(budget / batch)``. Images seen, not wall-clock, because this machine is
-shared and its speed varies by 10x with the load: a wall-clock budget would measure the neighbours.
-Methods with two views per image (CMAE, Siamese MIM, ...) count one image per dataset item; their
-extra cost shows in the images/s and minutes columns instead.
+masking, targets and loss weights (its paper's recipe scaled down by its plugin); only the length
+changes: ``train.epochs = budget / len(train data)``, ``train.max_steps = ceil(budget / batch)``, and
+``optim.warmup_epochs`` scaled by the same factor (the preset's warm-up fraction is kept). Images
+seen, not wall-clock, because this machine is shared and its speed varies by 10x with the load: a
+wall-clock budget would measure the neighbours. Methods with two views per image (CMAE, Siamese
+MIM, ...) count one image per dataset item; their extra cost shows in the images/s and minutes
+columns instead.
 
 Per (method, seed): pretraining (seed = the recipe seed), then k-NN and the linear probe on frozen
-[CLS] features and end-to-end fine-tuning, each at 1% and 10% of the labels (class-balanced split,
+features (the encoder's ``eval_encoder`` / [CLS]; iGPT: its average-pooled probe layer) and
+end-to-end fine-tuning, each at 1% and 10% of the labels (``--fractions``; class-balanced split,
 split seed = seed), and the occlusion-invariance measure of ``plugins/siamese_mim`` when that plugin
-is installed. One JSON per (method, seed, protocol) under ``OUT/results/METHOD/seedS/``; a result that
+is installed (``--protocols`` runs a subset; ``NOT_APPLICABLE`` lists what cannot read a method). One JSON per (method, seed, protocol) under ``OUT/results/METHOD/seedS/``; a result that
 exists is never recomputed (``--retry-errors`` re-runs the failed ones). The Markdown table is
 regenerated between the markers ``<!-- compare:begin -->`` / ``<!-- compare:end -->`` of ``--readme``
 and the plot (accuracy vs pretraining minutes, one marker per method) goes to ``OUT/compare.png``.
@@ -43,7 +56,7 @@ import torch
 
 import mimkit
 from mimkit import evaluate as ev
-from mimkit.config import resolve
+from mimkit.config import apply_overrides, resolve
 from mimkit.plugins import registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,16 +65,87 @@ RANDOM = "random"
 RANDOM_ARCH = "mae" + SUFFIX  # the architecture of the random-init baseline
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 FRACTIONS = (0.01, 0.1)
+PROTOCOLS = ("knn", "linprobe", "finetune", "occlusion")
 
 
-def discover() -> list[str]:
-    """Installed methods with a tiny Fashion-MNIST preset, plus the random-init baseline."""
+# Methods left out of the default table, with the reason (README "Excluded"); ``--methods`` still
+# runs one of them when it has a ``*_tiny_fashion_mnist`` preset.
+EXCLUDED = {
+    "ttt": "supervised (a ResNet-26 trained on the labels with a rotation head), not self-supervised "
+           "pretraining; its encoder is a ResNet, not the common ViT",
+    "omnimae": "its tiny preset (omnimae_tiny_fmnist_clips) pretrains on a mixture of 3-channel images and "
+               "moving-Fashion-MNIST clips with 2x8x8 cubes: an images-seen budget and the Fashion-MNIST "
+               "labelled pool do not map onto it without changing the method (its image-side k-NN is in "
+               "plugins/omnimae/README.md)",
+}
+
+# The common encoder (the rule): the ViT of mae_tiny_fashion_mnist. Every ViT-encoder preset is
+# overridden to these values where it differs; a method that is not a ViT gets the same width, depth
+# and heads (METHOD_ENCODER below).
+COMMON_VIT = {"embed_dim": 192, "depth": 6, "num_heads": 3, "patch_size": 4, "img_size": 32}
+METHOD_ENCODER = {
+    # iGPT: a GPT-2 over 14x14 palette pixels (no patches): the same width, depth and heads
+    "igpt": {"model.n_embd": 192, "model.n_layer": 6, "model.n_head": 3},
+}
+
+
+# (method, protocol): why that protocol does not apply (no file is written; the table says n/a)
+NOT_APPLICABLE = {
+    ("igpt", "finetune"): "fine-tuning builds a classifier from a timm ViT encoder; iGPT is a GPT-2 over pixels",
+    ("igpt", "occlusion"): "the measure drops patch tokens of a ViT; iGPT has no patches (one token per pixel)",
+}
+
+
+def discover(all_methods: bool = False) -> list[str]:
+    """Installed methods with a tiny Fashion-MNIST preset (less EXCLUDED unless ``all_methods``),
+    plus the random-init baseline."""
     presets = registry().components["presets"]
-    return sorted(n[: -len(SUFFIX)] for n in presets if n.endswith(SUFFIX)) + [RANDOM]
+    found = sorted(n[: -len(SUFFIX)] for n in presets if n.endswith(SUFFIX))
+    return [m for m in found if all_methods or m not in EXCLUDED] + [RANDOM]
+
+
+def encoder_overrides(method: str, base: Any) -> list[str]:
+    """``--set`` overrides that give METHOD the common encoder (empty when its preset has it).
+
+    A ``model.encoder`` with a ViT geometry gets COMMON_VIT; when the patch changes and the
+    target is HOG (MaskFeat), the HOG cell is scaled with it (the paper's patch / cell = 2)."""
+    if method in METHOD_ENCODER:
+        return [f"{k}={v}" for k, v in METHOD_ENCODER[method].items()]
+    enc = base.model.get("encoder") if isinstance(base.model, dict) else None
+    if not isinstance(enc, dict) or "embed_dim" not in enc:
+        return []
+    out = [f"model.encoder.{k}={v}" for k, v in COMMON_VIT.items() if enc.get(k) != v]
+    target = base.model.get("target") or {}
+    if enc.get("patch_size") != COMMON_VIT["patch_size"] and isinstance(target, dict) and "cell" in target:
+        cell = target["cell"] * COMMON_VIT["patch_size"] / enc["patch_size"]
+        out.append(f"model.target.cell={int(cell)}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Pretraining cost
+
+
+def machine() -> str:
+    """The CPU as the READMEs name it, e.g. "AMD EPYC, 2 cores, AVX-512 + bf16"."""
+    name, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name == "unknown CPU":
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    ext = " + ".join(x for x, f in (("AVX-512", "avx512f"), ("bf16", "avx512_bf16")) if f in flags)
+    return f"{name}, {os.cpu_count()} cores" + (f", {ext}" if ext else "")
+
+
+def loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 class PeakRSS:
@@ -116,8 +200,22 @@ def pretrain(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
         n_data, batch = min(n_data, 256), 32
         overrides += [f"{key}.limit={n_data}", f"train.batch_size={batch}"]
     steps = max(1, math.ceil(args.budget / batch))
-    overrides += [f"train.epochs={args.budget / n_data:g}", f"train.max_steps={steps}", f"train.ckpt_every={steps}"]
-    t0 = time.perf_counter()
+    epochs = args.budget / n_data
+    # the preset's warm-up fraction is kept: warmup_epochs scales with the length
+    warmup = base.optim.warmup_epochs * epochs / base.train.epochs
+    overrides += [f"train.epochs={epochs:g}", f"train.max_steps={steps}", f"train.ckpt_every={steps}",
+                  f"optim.warmup_epochs={warmup:g}"]
+    method_specific = encoder_overrides(method, base)
+    teacher = None
+    if method == "milan":  # MILAN distils FLIP's image tower: the FLIP run of this comparison, same seed
+        flip = args.out / "results" / "flip" / f"seed{seed}" / "pretrain.json"
+        rec = json.loads(flip.read_text()) if flip.exists() else {}
+        if "run" not in rec:
+            raise RuntimeError(f"MILAN needs the FLIP teacher of this comparison: run flip first ({flip} has no run)")
+        teacher = rec["run"]
+        method_specific.append(f"model.teacher.source={teacher}")
+    overrides += method_specific
+    t0, load0 = time.perf_counter(), loadavg()
     with PeakRSS() as mem:
         run = mimkit.train({"method": preset}, overrides=overrides, overwrite=True)
     seconds = time.perf_counter() - t0
@@ -127,7 +225,9 @@ def pretrain(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
             "seconds": round(seconds, 2), "minutes": round(seconds / 60, 3),
             "images_per_s": round(steps * batch / seconds, 2), "peak_rss_mib": round(mem.peak, 1),
             "peak_cuda_mib": mem.cuda_peak, "encoder_params": _count(getattr(model, "encoder", None)),
-            "total_params": _count(model), "overrides": overrides}
+            "total_params": _count(model), "overrides": overrides, "method_overrides": method_specific,
+            "teacher_run": teacher, "machine": machine(), "load_avg_1min": [load0, loadavg()],
+            "torch_threads": torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,14 +245,43 @@ def source_of(method: str, seed: int, args: argparse.Namespace, pre: dict | None
     return pre["run"], "pretrained"
 
 
+def _encoder_spec(method: str) -> Any:
+    """What decides a random-init encoder's features: the encoder spec after the common-encoder
+    overrides (less ``mode``, which only changes masked inputs), or the whole model for a non-ViT."""
+    preset = method + SUFFIX
+    r = resolve({"method": preset}, overrides=encoder_overrides(method, resolve({"method": preset})))
+    enc = r.model.get("encoder")
+    return {k: v for k, v in enc.items() if k != "mode"} if isinstance(enc, dict) else r.model
+
+
+def own_architecture(method: str) -> bool:
+    """True when METHOD's encoder at random init is not the ``random`` row's (another init scheme,
+    positional embedding or model): its own random-init baseline is then evaluated as well."""
+    return method != RANDOM and _encoder_spec(method) != _encoder_spec(RANDOM_ARCH[: -len(SUFFIX)])
+
+
+def arch_recipe(method: str, args: argparse.Namespace) -> str:
+    """A recipe file: METHOD's tiny preset with the common-encoder overrides (its architecture)."""
+    import yaml
+
+    preset = method + SUFFIX
+    path = args.out / f"random_arch_{method}.yaml"
+    if not path.exists():
+        raw = apply_overrides({"method": preset}, encoder_overrides(method, resolve({"method": preset})))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(path)
+
+
 def jobs(method: str, seed: int, args: argparse.Namespace) -> list[tuple[str, Callable[[dict | None], dict]]]:
     """(file stem, function of the pretraining record) of every evaluation of one (method, seed)."""
     lt, lte = args.limit_train, args.limit_test
     out: list[tuple[str, Callable[[dict | None], dict]]] = []
-    for f in FRACTIONS:
+    skip = {proto for (m, proto) in NOT_APPLICABLE if m == method}
+    for f in args.fractions:
         common = {"seed": seed, "labels_fraction": f, "split_seed": seed, "limit_train": lt, "limit_test": lte}
 
-        def knn(pre, common=common):
+        def knn(pre, common=common):  # noqa: E306
             src, init = source_of(method, seed, args, pre)
             return ev.knn(src, init=init, **common)
 
@@ -163,16 +292,26 @@ def jobs(method: str, seed: int, args: argparse.Namespace) -> list[tuple[str, Ca
 
         def ft(pre, common=common, f=f):
             src, init = source_of(method, seed, args, pre)
-            epochs = args.ft_epochs[FRACTIONS.index(f)]
+            epochs = args.ft_epochs[0 if f < 0.05 else 1]
             return ev.finetune(src, init=init, epochs=epochs, blr=args.ft_blr, mixup=0.0, cutmix=0.0,
                                warmup_epochs=max(1, epochs // 10) if epochs > 1 else 0.5, **common)
 
-        out += [(f"knn_frac{f:g}", knn), (f"linprobe_frac{f:g}", lp), (f"finetune_frac{f:g}", ft)]
-    if "occlusion" in registry().components["protocols"]:
+        out += [(f"{name}_frac{f:g}", fn) for name, fn in (("knn", knn), ("linprobe", lp), ("finetune", ft))
+                if name in args.protocols and name not in skip]
+        if own_architecture(method):  # the baseline of this architecture: the same protocols at random init
+            def rknn(pre, common=common):
+                return ev.knn(arch_recipe(method, args), init="random", **common)
+
+            def rlp(pre, common=common):
+                return ev.linprobe(arch_recipe(method, args), init="random", epochs=args.lp_epochs,
+                                   warmup_epochs=max(1, args.lp_epochs // 9), **common)
+            out += [(f"randarch_{name}_frac{f:g}", fn) for name, fn in (("knn", rknn), ("linprobe", rlp))
+                    if name in args.protocols]
+    if "occlusion" in args.protocols and "occlusion" not in skip and "occlusion" in registry().components["protocols"]:
         def occ(pre):
             src, init = source_of(method, seed, args, pre)
             proto = registry().get("protocols", "occlusion")
-            cfg = proto.Config(num_images=args.occlusion_images, seed=seed,
+            cfg = proto.Config(num_images=args.occlusion_images, seed=seed, ratios=[0.75], transforms=[],
                                plot=str(args.out / "results" / method / f"seed{seed}" / "occlusion.png"))
             return proto(cfg)([src if init == "pretrained" else f"random:{src}"])
         out.append(("occlusion", occ))
@@ -251,14 +390,26 @@ COLUMNS = [("kNN 1%", "knn_frac0.01", "top1", 100), ("kNN 10%", "knn_frac0.1", "
            ("LP 1%", "linprobe_frac0.01", "top1", 100), ("LP 10%", "linprobe_frac0.1", "top1", 100),
            ("FT 1%", "finetune_frac0.01", "top1", 100), ("FT 10%", "finetune_frac0.1", "top1", 100),
            ("occl. inv. 75%", "occlusion", "occlusion", 1)]
+# the random init of the row's own architecture (only where it differs from the ``random`` row's)
+COLUMNS += [(f"{name} (own arch. random)", f"randarch_{stem}", key, scale)
+            for name, stem, key, scale in COLUMNS if stem.startswith(("knn", "linprobe"))]
+
+
+def _short(override: str) -> str:
+    """The value of ``key=value``; a path (MILAN's teacher run) as its last component."""
+    v = override.split("=", 1)[1]
+    return Path(v).name if "/" in v else v
 
 
 def table(res: dict, methods: list[str] | None = None) -> str:
     """Markdown, one row per method: cost, then mean ± std over the seeds of every protocol."""
     head = ["method", "seeds", "enc. params (M)", "images seen", "img/s", "minutes", "peak RSS (MiB)"]
-    head += [c[0] for c in COLUMNS]
+    rows = methods or sorted(res, key=lambda k: (k == RANDOM, k))
+    # only the protocols that ran for some method (a partial run, e.g. --protocols knn linprobe)
+    cols = [c for c in COLUMNS if any(c[1] in s for m in rows for s in res.get(m, {}).values())]
+    head += [c[0] for c in cols] + ["overrides (encoder, teacher)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in methods or sorted(res, key=lambda k: (k == RANDOM, k)):
+    for m in rows:
         seeds = res.get(m, {})
         if not seeds:
             continue
@@ -275,9 +426,15 @@ def table(res: dict, methods: list[str] | None = None) -> str:
                _cell([p["images_per_s"] for p in ok], digits=0) if ok else "–",
                _cell([p["minutes"] for p in ok], digits=2) if ok else ("0" if m == RANDOM else "–"),
                _cell([p["peak_rss_mib"] for p in ok], digits=0) if ok else "–"]
-        for _, stem, key, scale in COLUMNS:
+        for _, stem, key, scale in cols:
             vals = [v for s in seeds.values() if (v := _value(s.get(stem), key)) is not None]
-            row.append(_cell(vals, scale, 1 if scale == 100 else 3))
+            na = next((why for (mm, proto), why in NOT_APPLICABLE.items() if mm == m and stem.startswith(proto)), None)
+            if stem.startswith("randarch_") and not vals and ok:
+                row.append("= random")  # the same architecture as the random row
+                continue
+            row.append("n/a" if na and not vals else _cell(vals, scale, 1 if scale == 100 else 3))
+        over = ok[0].get("method_overrides") if ok else None
+        row.append("–" if not over else ", ".join(f"`{o.split('=')[0].split('.')[-1]}={_short(o)}`" for o in over))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -293,7 +450,8 @@ def write_readme(readme: Path, md: str, header: str) -> None:
     readme.write_text(text)
 
 
-def plot(res: dict, path: Path, stem: str = "linprobe_frac0.1") -> Path | None:
+def plot(res: dict, path: Path, stem: str = "linprobe_frac0.1", methods: list[str] | None = None,
+         title: str = "") -> Path | None:
     """Accuracy (``stem``'s top-1, mean over seeds) vs pretraining minutes, one marker per method."""
     try:
         import matplotlib
@@ -303,17 +461,21 @@ def plot(res: dict, path: Path, stem: str = "linprobe_frac0.1") -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     markers = "os^vD<>pPXh*8d"
-    for i, m in enumerate(sorted(res, key=lambda k: (k == RANDOM, k))):
+    for i, m in enumerate(methods or sorted(res, key=lambda k: (k == RANDOM, k))):
         seeds = res[m].values()
         acc = [v for s in seeds if (v := _value(s.get(stem), "top1")) is not None]
         mins = [s["pretrain"]["minutes"] for s in seeds if "pretrain" in s and "error" not in s["pretrain"]]
         if not acc:
             continue
         x = statistics.mean(mins) if mins else 0.0
-        ax.scatter([x], [100 * statistics.mean(acc)], marker=markers[i % len(markers)], s=60, label=m)
+        y = 100 * statistics.mean(acc)
+        ax.scatter([x], [y], marker=markers[i % len(markers)], s=60, label=m)
+        ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6)
     ax.set_xlabel("pretraining minutes (this machine)")
     ax.set_ylabel(f"{stem.replace('_frac', ' @ ')} labels: top-1 (%)")
     ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=7)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -338,6 +500,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ft-epochs", type=int, nargs=2, default=[30, 5], help="fine-tuning epochs at 1%% and 10%%")
     p.add_argument("--ft-blr", type=float, default=5e-3)
     p.add_argument("--occlusion-images", type=int, default=512)
+    p.add_argument("--plot", type=Path, default=None, help="the PNG (default OUT/compare.png)")
+    p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="label fractions")
+    p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+    p.add_argument("--all-methods", action="store_true", help="also the EXCLUDED methods that have a tiny Fashion-MNIST preset (ttt)")
     p.add_argument("--retry-errors", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny budget and eval subsets: a smoke test")
     args = p.parse_args(argv)
@@ -351,11 +517,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    installed = discover()
-    methods = args.methods or installed
+    installed = discover(all_methods=True)
+    methods = args.methods or discover(args.all_methods)
     unknown = [m for m in methods if m not in installed]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; installed: {installed}")
+    if "milan" in methods and "flip" in methods and methods.index("milan") < methods.index("flip"):
+        methods = [m for m in methods if m != "flip"]
+        methods.insert(methods.index("milan"), "flip")  # MILAN's teacher is this comparison's FLIP run
     args.out.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
     t0 = time.perf_counter()
@@ -364,14 +533,20 @@ def main(argv: list[str] | None = None) -> int:
             run_method(m, s, args, log)
     res = load_results(args.out)
     md = table(res, [m for m in methods if m in res])
-    scale = "SMOKE-SCALE (--quick)" if args.quick else "full"
+    full = args.budget >= 240_000 and args.limit_train is None and args.limit_test is None and len(args.seeds) >= 3
+    scale = "SMOKE-SCALE (--quick)" if args.quick else ("full" if full else "REDUCED (budget, seeds or eval subsets)")
+    loads = [x for m in methods for s in res.get(m, {}).values()
+             for x in (s.get("pretrain") or {}).get("load_avg_1min") or [] if x is not None]
+    load = f"; 1-min load average during pretraining {min(loads):g}-{max(loads):g}" if loads else ""
     header = (f"Fashion-MNIST test top-1 (%), mean ± std over seeds {args.seeds} ({scale} run: pretraining budget "
               f"{args.budget} images seen; labelled pool {args.limit_train or 60000}, test items "
-              f"{args.limit_test or 10000}). Generated by `examples/compare_methods.py "
+              f"{args.limit_test or 10000}). {machine()}{load}. Generated by `examples/compare_methods.py "
               f"{' '.join(argv if argv is not None else sys.argv[1:])}`.")
+    header_short = f"{args.budget} images seen, seeds {args.seeds}, {machine()}"
     (args.out / "table.md").write_text(header + "\n\n" + md + "\n")
     write_readme(args.readme, md, header)
-    png = plot(res, args.out / "compare.png")
+    stem = "linprobe_frac0.1" if 0.1 in args.fractions else f"linprobe_frac{args.fractions[-1]:g}"
+    png = plot(res, args.plot or args.out / "compare.png", stem, [m for m in methods if m in res], header_short)
     (args.out / "log.txt").write_text("\n".join(log) + "\n")
     print(header + "\n\n" + md)
     ran = sum(1 for x in log if x.startswith("run"))
@@ -380,5 +555,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.exit(main())

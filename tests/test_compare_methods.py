@@ -8,6 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+
+import mimkit
+from mimkit.config import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "compare_methods.py"
@@ -26,6 +30,63 @@ def test_discovery_finds_the_tiny_presets():
     assert methods[-1] == "random"
     assert "mae" in methods and "supmae" in methods
     assert all(not m.endswith(cm.SUFFIX) for m in methods)
+
+
+def test_excluded_methods_are_left_out_with_a_reason():
+    cm = _module()
+    assert "ttt" not in cm.discover() and "ttt" in cm.discover(all_methods=True)
+    assert all(len(why) > 40 for why in cm.EXCLUDED.values())
+
+
+def test_every_method_gets_the_common_encoder():
+    """The overrides give every compared method the MAE tiny encoder: the same ViT geometry, and
+    the same number of encoder parameters within 1% (AttMask / MaskFeat add a [MASK] token, iGPT
+    a palette embedding and no patch projection)."""
+    cm = _module()
+    sizes = {}
+    for m in cm.discover()[:-1]:
+        base = resolve({"method": m + cm.SUFFIX})
+        over = cm.encoder_overrides(m, base)
+        r = resolve({"method": m + cm.SUFFIX}, overrides=over)
+        if m in cm.METHOD_ENCODER:
+            assert (r.model["n_embd"], r.model["n_layer"], r.model["n_head"]) == (192, 6, 3)
+        else:
+            assert {k: r.model["encoder"][k] for k in cm.COMMON_VIT} == cm.COMMON_VIT, m
+        with torch.device("meta"):
+            model = mimkit.build(r)
+        sizes[m] = sum(p.numel() for p in model.encoder.parameters())
+    mae = sizes["mae"]
+    assert mae == 2_685_504
+    assert {m: n for m, n in sizes.items() if abs(n - mae) > 0.01 * mae} == {}
+    # MaskFeat: patch 8 -> 4 scales the HOG cell 4 -> 2 (the paper's patch / cell = 2)
+    assert cm.encoder_overrides("maskfeat", resolve({"method": "maskfeat" + cm.SUFFIX})) == [
+        "model.encoder.patch_size=4", "model.target.cell=2"]
+    assert cm.encoder_overrides("mae", resolve({"method": "mae" + cm.SUFFIX})) == []
+
+
+def test_table_marks_not_applicable_and_hides_protocols_that_did_not_run():
+    cm = _module()
+    pre = {"images_seen": 10, "images_per_s": 5.0, "minutes": 0.1, "peak_rss_mib": 900.0, "encoder_params": 2.7e6,
+           "method_overrides": ["model.n_embd=192"]}
+    res = {"igpt": {0: {"pretrain": pre, "knn_frac0.1": {"top1": 0.5}, "randarch_knn_frac0.1": {"top1": 0.6}}},
+           "mae": {0: {"pretrain": {**pre, "method_overrides": []}, "knn_frac0.1": {"top1": 0.7},
+                       "occlusion": {"runs": [{"masked": {"0.75": {"normalized": 0.25}}}]}},
+                   1: {"pretrain": {**pre, "method_overrides": []}, "knn_frac0.1": {"top1": 0.8}}}}
+    md = cm.table(res)
+    head, _, igpt, mae = md.splitlines()
+    assert "kNN 10%" in head and "occl. inv. 75%" in head and "LP 10%" not in head and "kNN 1%" not in head
+    assert "kNN 10% (own arch. random)" in head and "LP 10% (own arch. random)" not in head
+    assert [c.strip() for c in igpt.split("|")[-5:-2]] == ["50.0", "n/a", "60.0"] and "`n_embd=192`" in igpt
+    assert "75.0 ± 7.1" in mae and "0.250" in mae and mae.split("|")[-3].strip() == "= random"
+
+
+def test_own_architecture_baseline_only_where_random_init_differs():
+    """MaskFeat / MFM / AttMask (timm init, learned positions) and iGPT get their own random-init
+    baseline; the methods built on MAE's encoder (sincos, MAE init) share the ``random`` row."""
+    cm = _module()
+    own = {m for m in cm.discover()[:-1] if cm.own_architecture(m)}
+    assert {"maskfeat", "mfm", "attmask", "igpt"} <= own
+    assert not own & {"mae", "supmae", "cmae", "macrl", "sdae", "siamese_mim", "bootmae", "flip", "milan"}
 
 
 def test_readme_section_is_replaced_not_duplicated(tmp_path):
