@@ -15,7 +15,16 @@ from mimkit_audio.data import AudioFeatures
 from mimkit_audiomae import AudioClassifier, AudioFinetune, random_masking_2d
 from mimkit_audiomae.finetune import mix_batch, param_groups_lrd
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread for these tiny models, restored afterwards: a process-wide change at import
+    would leak into every later test (an in-process run then differs bitwise from a subprocess run)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (scripts/setup.sh)")
 SMALL = {"method": "audiomae_tiny_spoken_digits",
          "model": {"encoder": {"embed_dim": 64, "depth": 2, "num_heads": 2},
