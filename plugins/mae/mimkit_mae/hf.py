@@ -74,25 +74,25 @@ def blocks_from_mimkit(state: Mapping[str, torch.Tensor], src: str, dst: str, ou
                 out[d + a + leaf] = state[s + b + leaf]
 
 
+# Hugging Face key -> mimkit key, outside the transformer blocks (read both ways).
+_ENCODER = {"vit.embeddings.cls_token": "encoder.vit.cls_token",
+            "vit.embeddings.position_embeddings": "encoder.vit.pos_embed",
+            "vit.embeddings.patch_embeddings.projection.weight": "encoder.vit.patch_embed.proj.weight",
+            "vit.embeddings.patch_embeddings.projection.bias": "encoder.vit.patch_embed.proj.bias",
+            "vit.layernorm.weight": "encoder.vit.norm.weight", "vit.layernorm.bias": "encoder.vit.norm.bias"}
+_DECODER = {"decoder.mask_token": "decoder.mask_token", "decoder.decoder_pos_embed": "decoder.pos_embed",
+            "decoder.decoder_embed.weight": "decoder.embed.weight", "decoder.decoder_embed.bias": "decoder.embed.bias",
+            "decoder.decoder_norm.weight": "decoder.norm.weight", "decoder.decoder_norm.bias": "decoder.norm.bias",
+            "decoder.decoder_pred.weight": "decoder.pred.weight", "decoder.decoder_pred.bias": "decoder.pred.bias"}
+
+
 def convert_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """ViTMAEForPreTraining state dict -> mimkit's MAE keys."""
     st = {canonical(k): v for k, v in state.items()}
-    out: dict[str, torch.Tensor] = {
-        "encoder.vit.cls_token": st["vit.embeddings.cls_token"],
-        "encoder.vit.pos_embed": st["vit.embeddings.position_embeddings"],
-        "encoder.vit.patch_embed.proj.weight": st["vit.embeddings.patch_embeddings.projection.weight"],
-        "encoder.vit.patch_embed.proj.bias": st["vit.embeddings.patch_embeddings.projection.bias"],
-        "encoder.vit.norm.weight": st["vit.layernorm.weight"], "encoder.vit.norm.bias": st["vit.layernorm.bias"],
-    }
+    out: dict[str, torch.Tensor] = {mk: st[hf] for hf, mk in _ENCODER.items()}
     blocks_to_mimkit(st, "vit.layers.", "encoder.vit.blocks.", out)
     if "decoder.decoder_embed.weight" in st:
-        out.update({"decoder.mask_token": st["decoder.mask_token"], "decoder.pos_embed": st["decoder.decoder_pos_embed"],
-                    "decoder.embed.weight": st["decoder.decoder_embed.weight"],
-                    "decoder.embed.bias": st["decoder.decoder_embed.bias"],
-                    "decoder.norm.weight": st["decoder.decoder_norm.weight"],
-                    "decoder.norm.bias": st["decoder.decoder_norm.bias"],
-                    "decoder.pred.weight": st["decoder.decoder_pred.weight"],
-                    "decoder.pred.bias": st["decoder.decoder_pred.bias"]})
+        out.update({mk: st[hf] for hf, mk in _DECODER.items()})
         blocks_to_mimkit(st, "decoder.decoder_layers.", "decoder.blocks.", out)
     return out
 
@@ -211,15 +211,7 @@ def hf_config_for(model: nn.Module) -> dict[str, Any]:
 def to_hf_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """mimkit MAE keys -> canonical (transformers 5) ViTMAEForPreTraining keys."""
     st = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    out = {"vit.embeddings.cls_token": st["encoder.vit.cls_token"],
-           "vit.embeddings.position_embeddings": st["encoder.vit.pos_embed"],
-           "vit.embeddings.patch_embeddings.projection.weight": st["encoder.vit.patch_embed.proj.weight"],
-           "vit.embeddings.patch_embeddings.projection.bias": st["encoder.vit.patch_embed.proj.bias"],
-           "vit.layernorm.weight": st["encoder.vit.norm.weight"], "vit.layernorm.bias": st["encoder.vit.norm.bias"],
-           "decoder.mask_token": st["decoder.mask_token"], "decoder.decoder_pos_embed": st["decoder.pos_embed"],
-           "decoder.decoder_embed.weight": st["decoder.embed.weight"], "decoder.decoder_embed.bias": st["decoder.embed.bias"],
-           "decoder.decoder_norm.weight": st["decoder.norm.weight"], "decoder.decoder_norm.bias": st["decoder.norm.bias"],
-           "decoder.decoder_pred.weight": st["decoder.pred.weight"], "decoder.decoder_pred.bias": st["decoder.pred.bias"]}
+    out = {hf: st[mk] for hf, mk in (_ENCODER | _DECODER).items()}
     blocks_from_mimkit(st, "encoder.vit.blocks.", "vit.layers.", out)
     blocks_from_mimkit(st, "decoder.blocks.", "decoder.decoder_layers.", out)
     return out

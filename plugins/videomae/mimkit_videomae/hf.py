@@ -33,6 +33,15 @@ _BLOCK = {"layernorm_before.": "norm1.", "layernorm_after.": "norm2.", "attentio
           "mlp.fc1.": "mlp.fc1.", "mlp.fc2.": "mlp.fc2."}
 
 
+# Hugging Face key -> mimkit key, outside the transformer blocks (read both ways).
+_TOP = {"videomae.embeddings.patch_embeddings.projection.weight": "encoder.patch_embed.weight",
+        "videomae.embeddings.patch_embeddings.projection.bias": "encoder.patch_embed.bias",
+        "videomae.layernorm.weight": "encoder.norm.weight", "videomae.layernorm.bias": "encoder.norm.bias",
+        "encoder_to_decoder.weight": "decoder.embed.weight", "mask_token": "decoder.mask_token",
+        "decoder.norm.weight": "decoder.norm.weight", "decoder.norm.bias": "decoder.norm.bias",
+        "decoder.head.weight": "decoder.head.weight", "decoder.head.bias": "decoder.head.bias"}
+
+
 def canonical(key: str) -> str:
     """transformers 4 and 5 names (in memory and on disk) -> one form."""
     key = re.sub(r"^videomae\.encoder\.layer\.", "videomae.layers.", key)
@@ -78,12 +87,7 @@ def convert_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if "videomae.layernorm.weight" not in st:
         raise CheckpointError("VideoMAE folder without the encoder's final norm (use_mean_pooling: true, a "
                               "fine-tuning layout): mimkit's pretraining encoder ends with a LayerNorm")
-    out = {"encoder.patch_embed.weight": st["videomae.embeddings.patch_embeddings.projection.weight"],
-           "encoder.patch_embed.bias": st["videomae.embeddings.patch_embeddings.projection.bias"],
-           "encoder.norm.weight": st["videomae.layernorm.weight"], "encoder.norm.bias": st["videomae.layernorm.bias"],
-           "decoder.embed.weight": st["encoder_to_decoder.weight"], "decoder.mask_token": st["mask_token"],
-           "decoder.norm.weight": st["decoder.norm.weight"], "decoder.norm.bias": st["decoder.norm.bias"],
-           "decoder.head.weight": st["decoder.head.weight"], "decoder.head.bias": st["decoder.head.bias"]}
+    out = {mk: st[hf] for hf, mk in _TOP.items()}
     _to_mimkit_blocks(st, "videomae.layers.", "encoder.blocks.", out)
     _to_mimkit_blocks(st, "decoder.decoder_layers.", "decoder.blocks.", out)
     return out
@@ -174,12 +178,7 @@ def hf_config_for(model: nn.Module) -> dict[str, Any]:
 
 def to_hf_state(model: nn.Module) -> dict[str, torch.Tensor]:
     st = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    out = {"videomae.embeddings.patch_embeddings.projection.weight": st["encoder.patch_embed.weight"],
-           "videomae.embeddings.patch_embeddings.projection.bias": st["encoder.patch_embed.bias"],
-           "videomae.layernorm.weight": st["encoder.norm.weight"], "videomae.layernorm.bias": st["encoder.norm.bias"],
-           "encoder_to_decoder.weight": st["decoder.embed.weight"], "mask_token": st["decoder.mask_token"],
-           "decoder.norm.weight": st["decoder.norm.weight"], "decoder.norm.bias": st["decoder.norm.bias"],
-           "decoder.head.weight": st["decoder.head.weight"], "decoder.head.bias": st["decoder.head.bias"]}
+    out = {hf: st[mk] for hf, mk in _TOP.items()}
     _from_mimkit_blocks(st, "encoder.blocks.", "videomae.layers.", out)
     _from_mimkit_blocks(st, "decoder.blocks.", "decoder.decoder_layers.", out)
     return out
