@@ -22,7 +22,7 @@ import copy
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import attrs
 import torch
@@ -142,6 +142,19 @@ def check_falls(rows: list[dict[str, Any]], keys: Sequence[str] = ("loss",), win
         assert last < (1 - min_drop) * first, (
             f"{key} did not fall by {min_drop:.0%} in {len(rows)} steps (mean of {window} first / last): "
             f"{first:.5f} -> {last:.5f}")
+
+
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread while a test module runs, restored afterwards; wrap it as an autouse
+    module fixture: ``one_thread = pytest.fixture(autouse=True, scope="module")(mimkit.testing.one_thread)``.
+    Tiny models run faster on one thread of a shared 2-core machine, and changing the count for the
+    whole process instead would make later in-process runs differ bitwise from subprocess runs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def check_preset_trains(

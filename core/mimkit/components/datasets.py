@@ -136,6 +136,17 @@ def _held_out(samples: list[tuple[Path, int]], root: Path, fraction: float) -> s
     return out
 
 
+
+def norm_stats(config: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of an image source's ``data.mean``/``data.std``, defaulting to ImageNet's for 3
+    channels and 0.5 otherwise; one value per channel or a DataError naming the key."""
+    mean = config.mean or (IMAGENET_MEAN if config.channels == 3 else (0.5,))
+    std = config.std or (IMAGENET_STD if config.channels == 3 else (0.5,))
+    for key, v in (("mean", mean), ("std", std)):
+        if len(v) != config.channels:
+            raise DataError(f"data.{key}={list(v)} has {len(v)} values but data.channels={config.channels}")
+    return tuple(mean), tuple(std)
+
 class ImageFolder(Dataset):
     """Images in ``root``: class subfolders (torchvision ImageFolder layout, labels from the
     folder names) or a flat folder of unlabeled images (the common case for pretraining)."""
@@ -220,12 +231,7 @@ class ImageFolder(Dataset):
             self.samples = [s for i, s in enumerate(self.samples) if (i in kept) == (config.subset == "held_out")]
             if not self.samples:
                 raise DataError(f"data.held_out={frac}: no images left for the {config.subset} part of {root}")
-        mean = config.mean or (IMAGENET_MEAN if config.channels == 3 else (0.5,))
-        std = config.std or (IMAGENET_STD if config.channels == 3 else (0.5,))
-        for key, v in (("mean", mean), ("std", std)):
-            if len(v) != config.channels:
-                raise DataError(f"data.{key}={list(v)} has {len(v)} values but data.channels={config.channels}")
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std = norm_stats(config)
         if train is None:  # the training set (not its evaluation copies)
             self._note_small_images()
         train = config.augment if train is None else train

@@ -28,10 +28,10 @@ import attrs
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..data import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, _augment
+from ..data import IMAGE_SUFFIXES, _augment
 from ..errors import DataError
 from ..schema import one_of, positive
-from .datasets import ImageFolder
+from .datasets import ImageFolder, norm_stats
 
 INDEX = "index.json"
 FORMAT = "mimkit-shards/1"
@@ -131,12 +131,7 @@ class Shards(Dataset):
         self.labels = [lab for *_, lab in self.index]  # read by the evaluation without decoding images
         if not self.index:
             raise DataError(f"no images in the shards of {root}")
-        mean = config.mean or (IMAGENET_MEAN if config.channels == 3 else (0.5,))
-        std = config.std or (IMAGENET_STD if config.channels == 3 else (0.5,))
-        for key, v in (("mean", mean), ("std", std)):
-            if len(v) != config.channels:
-                raise DataError(f"data.{key}={list(v)} has {len(v)} values but data.channels={config.channels}")
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std = norm_stats(config)
         train = config.augment if train is None else train
         self.transform = _augment(config.img_size, config.crop_scale, config.flip, self.mean, self.std, train)
         self._open: dict[int, Any] = {}

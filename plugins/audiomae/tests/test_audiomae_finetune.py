@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mimkit
+import mimkit.testing as testing
 from mimkit.plugin_api import registry
 from mimkit_audio import fbank, pad_or_cut
 from mimkit_audio.data import AudioFeatures
@@ -16,14 +17,7 @@ from mimkit_audiomae import AudioClassifier, AudioFinetune, random_masking_2d
 from mimkit_audiomae.finetune import mix_batch, param_groups_lrd
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread for these tiny models, restored afterwards: a process-wide change at import
-    would leak into every later test (an in-process run then differs bitwise from a subprocess run)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+one_thread = pytest.fixture(autouse=True, scope="module")(testing.one_thread)  # tiny models: one thread
 
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (scripts/setup.sh)")
 SMALL = {"method": "audiomae_tiny_spoken_digits",

@@ -10,19 +10,13 @@ import pytest
 import torch
 
 import mimkit
+import mimkit.testing as testing
 from mimkit.plugin_api import ConfigError
 from mimkit.testing import check_component, check_preset_trains, tiny_overrides
 from mimkit_maskfeat.cube import cube_mask, upsample_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread for these tiny models, restored afterwards: a process-wide change at import
-    would leak into every later test (an in-process run then differs bitwise from a subprocess run)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+one_thread = pytest.fixture(autouse=True, scope="module")(testing.one_thread)  # tiny models: one thread
 
 
 

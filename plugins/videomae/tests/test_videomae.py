@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import mimkit
+import mimkit.testing as testing
 from mimkit.components import BuildEnv
 from mimkit.errors import DataError
 from mimkit.geometry import gather_tokens
@@ -22,14 +23,7 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 TINY = ["model.encoder.depth=2", "model.decoder.depth=1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a shared 2-core machine two OpenMP
-    threads spin-wait for each other (25 steps: 0.7 s on one thread, up to a minute on two)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+one_thread = pytest.fixture(autouse=True, scope="module")(testing.one_thread)  # tiny models: one thread
 
 
 def tiny_model(*overrides: str) -> torch.nn.Module:
