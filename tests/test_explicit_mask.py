@@ -102,3 +102,30 @@ def test_method_models_take_an_explicit_mask(preset: str) -> None:
     uneven[0, int(uneven[0].nonzero()[0])] = False  # row 0 hides one token fewer
     with pytest.raises(ValueError, match="same number of hidden tokens"):
         model(batch, mask=uneven)
+
+
+def test_sdae_takes_an_explicit_mask_and_orders_its_folds_by_the_noise() -> None:
+    """SdAE splits the hidden ids into teacher folds in the order of the masker's mask for the
+    step's noise (or ``ctx.generator``'s draw): with the map the noise gives, ``mask=`` plus the same
+    ``noise`` is the noise path; with the map alone, a seeded generator fixes the folds."""
+    from mimkit.types import Context
+
+    torch.manual_seed(0)
+    model = mimkit.build({"method": "sdae_tiny_fashion_mnist", "model": SMALL}).eval()
+    g = torch.Generator().manual_seed(1)
+    batch = {"image": torch.randn(3, 1, 32, 32, generator=g)}
+    noise = torch.rand(3, 64, generator=g)
+    with torch.no_grad():
+        a = model(batch, noise=noise)
+        b = model(batch, noise=noise, mask=a.mask.hidden)
+        c1 = model(batch, Context(generator=torch.Generator().manual_seed(2)), mask=a.mask.hidden)
+        c2 = model(batch, Context(generator=torch.Generator().manual_seed(2)), mask=a.mask.hidden)
+    assert torch.equal(b.mask.hidden, a.mask.hidden) and torch.equal(b.extra["fold_ids"], a.extra["fold_ids"])
+    torch.testing.assert_close(b.pred, a.pred, rtol=0, atol=1e-6)
+    torch.testing.assert_close(b.loss, a.loss, rtol=0, atol=1e-6)
+    assert torch.equal(c1.mask.hidden, a.mask.hidden) and torch.equal(c1.extra["fold_ids"], c2.extra["fold_ids"])
+    assert not torch.equal(c1.extra["fold_ids"], a.extra["fold_ids"])  # other randomness, other folds
+    uneven = a.mask.hidden.clone()
+    uneven[0, int(uneven[0].nonzero()[0])] = False
+    with pytest.raises(ValueError, match="same number of hidden tokens"):
+        model(batch, mask=uneven)

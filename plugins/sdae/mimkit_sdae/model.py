@@ -10,6 +10,13 @@
         -> standardized per token over channels: (t - mean) / sqrt(var + 1e-6)  (unbiased var)
     loss = 1 - cos(pred at the same ids, target), averaged
 Each teacher view then holds about as many patches as the student sees (49 of 196 in ViT-B).
+
+An explicit mask (``forward(batch, mask=hidden)``, a boolean (B, N) map, True = hidden): the map
+decides which tokens are hidden; the order of its hidden ids, hence the folds, is the order the
+masker's own mask for this step's randomness gives (``noise`` when passed, else the batch's
+``mask_noise`` or ``ctx.generator``): with the random masker, ascending noise, a uniformly random
+partition as the official ``ids_unkeep`` slices. With the map that ``noise`` itself gives,
+``forward(mask=map, noise=noise)`` is ``forward(noise=noise)`` exactly (:func:`order_like`).
 """
 from __future__ import annotations
 
@@ -19,8 +26,8 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from mimkit.plugin_api import (BuildEnv, ConfigError, Context, gather_tokens, Mask, MethodModel, one_of, Outputs,
-                               require_visible_only_vit)
+from mimkit.plugin_api import (BuildEnv, ConfigError, Context, explicit_mask, gather_tokens, Mask, MethodModel,
+                               one_of, Outputs, require_visible_only_vit)
 
 
 def multi_fold_ids(ids_hidden: torch.Tensor, folds: int, shrink_num: int | None = None) -> torch.Tensor:
@@ -45,6 +52,19 @@ def fold_mask(ids: torch.Tensor, num_tokens: int) -> Mask:
     ids_shuffle = torch.argsort(rank, dim=1)
     hidden = torch.ones(b, num_tokens, dtype=torch.bool, device=ids.device).scatter(1, ids, False)
     return Mask(hidden=hidden, ids_shuffle=ids_shuffle, ids_restore=torch.argsort(ids_shuffle, dim=1), num_keep=n)
+
+
+def order_like(hidden: torch.Tensor, order: Mask) -> Mask:
+    """The Mask of the boolean (B, N) map ``hidden`` (same count per row) whose kept and hidden
+    ids each follow ``order``'s token order (its ``ids_shuffle``): kept first, then hidden, both by
+    ascending rank in ``order``. With ``hidden == order.hidden`` this is ``order`` itself, so the
+    hidden ids, hence the multi-fold groups, are the ones the noise path forms."""
+    n = hidden.shape[1]
+    key = order.ids_restore + hidden.long() * n  # rank in order's sequence, hidden ones after all kept
+    ids_shuffle = torch.argsort(key, dim=1)  # keys are distinct: a permutation, no ties
+    num_keep = n - int(hidden[0].sum()) if hidden.shape[0] else n
+    return Mask(hidden=hidden, ids_shuffle=ids_shuffle, ids_restore=torch.argsort(ids_shuffle, dim=1),
+                num_keep=num_keep)
 
 
 def standardize_tokens(t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -108,11 +128,20 @@ class SdAE(MethodModel):
         tokens = enc.encode(enc.embed(xs, mask), mask)  # (B*k, 1 + n, D) after the final norm
         return standardize_tokens(tokens[:, enc.num_prefix_tokens:].float(), self.config.eps)
 
-    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
+    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> Outputs:
+        """One step. ``mask`` (a boolean (B, N) map, True = hidden, the same count per row) replaces
+        the masker's hidden set; its hidden ids are split into folds in the order of the masker's
+        mask for ``noise`` (or the batch's ``mask_noise``, or ``ctx.generator``'s draw), so a seeded
+        generator or the noise decides the folds, and the noise's own map reproduces the noise path."""
         ctx = ctx if ctx is not None else Context()
         c = self.config
         x = batch[self.input_key]  # (B, C, H, W)
-        mask = self.make_mask(batch, ctx, noise)
+        if mask is None:
+            mask = self.make_mask(batch, ctx, noise)
+        else:
+            given = explicit_mask(mask.to(x.device), self.encoder, self.masker, x.shape[0])  # checks shape/counts
+            mask = order_like(given.hidden, self.make_mask(batch, ctx, noise))
         latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1+K, D)
         pred = self.decoder(latent, mask, ctx)  # (B, N, D)
         ids = multi_fold_ids(mask.ids_hidden, c.folds, c.shrink_num)  # (B*k, n)

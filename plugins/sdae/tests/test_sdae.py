@@ -105,3 +105,102 @@ def test_tiny_preset_trains_with_a_falling_loss(tmp_path):
     small = {"model": {"encoder": {"depth": 2}, "decoder": {"depth": 1}}}
     check_preset_trains(TINY, tmp_path, tiny_overrides(TINY, limit=96, batch_size=16) | small, steps=6,
                         check_resume=False, expect_fall=["loss/cos"])
+
+
+# -- an explicit mask: forward(batch, mask=hidden) ----------------------------------------------
+
+SMALL = {"encoder": {"embed_dim": 48, "depth": 1, "num_heads": 3}, "decoder": {"embed_dim": 32, "depth": 1, "num_heads": 2}}
+
+
+def _small():
+    return _model(**SMALL).eval()
+
+
+def _official_fold_ids(hidden: torch.Tensor, noise: torch.Tensor, folds: int = 3) -> torch.Tensor:
+    """The official rule on a given hidden set: ``ids_unkeep`` lists the hidden ids by ascending
+    noise (``argsort(noise)`` after the kept ones); fold g is its g-th slice of n."""
+    rows = []
+    for b in range(hidden.shape[0]):
+        ids = [int(i) for i in torch.argsort(noise[b]) if hidden[b, i]]
+        n = len(ids) // folds
+        rows += [ids[g * n:(g + 1) * n] for g in range(folds)]
+    return torch.tensor(rows)
+
+
+def test_explicit_mask_with_the_noise_map_is_the_noise_path():
+    model = _small()
+    x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    noise = torch.rand(3, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a = model({"image": x}, noise=noise)
+        b = model({"image": x}, noise=noise, mask=a.mask.hidden)
+    assert torch.equal(b.mask.hidden, a.mask.hidden) and torch.equal(b.extra["fold_ids"], a.extra["fold_ids"])
+    assert (b.pred - a.pred).abs().max() <= 1e-6 and abs(float(b.loss) - float(a.loss)) <= 1e-6
+    assert torch.equal(a.extra["fold_ids"], _official_fold_ids(a.mask.hidden, noise))
+
+
+def test_explicit_mask_decides_what_is_hidden_and_noise_the_folds():
+    model = _small()
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    noise = torch.rand(2, 64, generator=torch.Generator().manual_seed(5))
+    hidden = torch.zeros(2, 64, dtype=torch.bool)
+    hidden[0, :48], hidden[1, 16:] = True, True  # not the map the noise gives
+    with torch.no_grad():
+        out = model({"image": x}, noise=noise, mask=hidden)
+    assert torch.equal(out.mask.hidden, hidden)
+    assert torch.equal(out.mask.ids_hidden.sort(1).values, hidden.nonzero()[:, 1].reshape(2, 48))
+    ids = out.extra["fold_ids"]  # (2*3, 16): the hidden ids by ascending noise, in 3 slices
+    assert torch.equal(ids, _official_fold_ids(hidden, noise))
+    # the student saw exactly the visible tokens: the loss is the one of a direct hand-run
+    lat = model.encoder.encode(model.encoder.embed(x, out.mask), out.mask)
+    torch.testing.assert_close(out.latent, lat, rtol=0, atol=0)
+    # another map gives another loss
+    with torch.no_grad():
+        other = model({"image": x}, noise=noise, mask=hidden.flip(1))
+    assert abs(float(other.loss) - float(out.loss)) > 1e-4
+
+
+def test_explicit_mask_alone_draws_the_fold_order_from_the_seeded_generator():
+    model = _small()
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(6))
+    hidden = torch.zeros(2, 64, dtype=torch.bool)
+    hidden[0] = torch.arange(64) % 4 != 3  # a scattered map
+    hidden[1, 10:58] = True
+    assert hidden.sum(1).tolist() == [48, 48]
+
+    def run(seed):
+        with torch.no_grad():
+            return model({"image": x}, Context(generator=torch.Generator().manual_seed(seed)), mask=hidden)
+
+    a, b, c = run(7), run(7), run(8)
+    assert torch.equal(a.extra["fold_ids"], b.extra["fold_ids"]) and float(a.loss) == float(b.loss)
+    assert not torch.equal(a.extra["fold_ids"], c.extra["fold_ids"])  # another seed, other folds
+    # the generator's draw is the masker's noise: the same folds as passing that noise
+    noise = model.masker.draw(2, torch.Generator().manual_seed(7), torch.device("cpu"))
+    assert torch.equal(a.extra["fold_ids"], _official_fold_ids(hidden, noise))
+    for r in range(6):  # every fold holds hidden tokens of its sample only, each token once
+        assert hidden[r // 3, a.extra["fold_ids"][r]].all()
+    for s in range(2):
+        got = a.extra["fold_ids"][3 * s:3 * s + 3].flatten().sort().values
+        assert torch.equal(got, hidden[s].nonzero()[:, 0])
+    # a uniformly random partition, as the official slices of a random order: over many draws a
+    # hidden token lands in each fold about a third of the time
+    gen = torch.Generator().manual_seed(9)
+    counts = torch.zeros(3)
+    from mimkit_sdae import order_like
+    for _ in range(600):
+        order = model.masker({}, model.masker.draw(2, gen, torch.device("cpu")))
+        ids = multi_fold_ids(order_like(hidden, order).ids_hidden, 3)
+        counts += torch.stack([(ids[g] == 0).any() for g in range(3)]).float()  # token 0 of sample 0
+    assert ((counts / 600) - 1 / 3).abs().max() < 0.06, counts
+
+
+def test_explicit_mask_is_checked():
+    model = _small()
+    x = torch.randn(2, 1, 32, 32)
+    uneven = torch.zeros(2, 64, dtype=torch.bool)
+    uneven[0, :48], uneven[1, :40] = True, True
+    with pytest.raises(ValueError, match="same number of hidden tokens"):
+        model({"image": x}, mask=uneven)
+    with pytest.raises(ValueError, match=r"boolean \(B, N\)"):
+        model({"image": x}, mask=uneven[:, :10])
