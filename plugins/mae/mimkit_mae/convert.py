@@ -73,8 +73,8 @@ def import_official(obj: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
     state = obj.get("model", obj)
     if not isinstance(state, Mapping) or "patch_embed.proj.weight" not in state or "pos_embed" not in state:
         return None
-    if any(k.startswith(("encoder.", "cls_head.")) for k in state):
-        return None  # mimkit's own layout, or a SupMAE file (mimkit-supmae imports those)
+    if any(k.startswith(("encoder.", "cls_head.", "pred_head.")) for k in state):
+        return None  # mimkit's own layout, a SupMAE file (mimkit-supmae), SlowFast MaskFeat (mimkit-maskfeat)
     recipe = recipe_for(state)
     full = "decoder_embed.weight" in state
     if not full:

@@ -1,8 +1,9 @@
-"""MaskFeat (Wei et al., CVPR 2022) for mimkit: HOG target, block masking, linear head."""
+"""MaskFeat (Wei et al., CVPR 2022) for mimkit: HOG target, block masking, linear head, SlowFast checkpoints."""
+from .convert import convert_official, import_official, recipe_for
 from .cube import CubeMasker, cube_mask, upsample_mask
 from .decoder import LinearDecoder
 from .hog import HOGTarget, hog_cells, hog_per_patch
 from .masking import BlockMasker, block_mask
 
 __all__ = ["HOGTarget", "BlockMasker", "LinearDecoder", "hog_cells", "hog_per_patch", "block_mask", "CubeMasker", "cube_mask",
-           "upsample_mask"]
+           "upsample_mask", "convert_official", "import_official", "recipe_for"]

@@ -1,9 +1,10 @@
 """mimkit-maskfeat's hook implementations: the ``hog`` target, ``block`` masker, ``linear``
-decoder and the MaskFeat presets."""
+decoder, the MaskFeat presets and the SlowFast checkpoint importer."""
 from __future__ import annotations
 
 from mimkit.plugin_api import hookimpl, package_presets
 
+from .convert import import_official
 from .cube import CubeMasker
 from .decoder import LinearDecoder
 from .hog import HOGTarget
@@ -32,6 +33,11 @@ def mimkit_encoders():
 @hookimpl
 def mimkit_decoders():
     return {"linear": LinearDecoder}
+
+
+@hookimpl
+def mimkit_importers():
+    return {"maskfeat_slowfast": import_official}
 
 
 @hookimpl
