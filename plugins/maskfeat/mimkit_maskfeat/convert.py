@@ -176,6 +176,10 @@ def recipe_for(state: Mapping[str, torch.Tensor], cfg: Mapping[str, Any] | None 
     if stride is not None and list(stride)[-2:] != [patch, patch]:
         raise ConfigError(f"SlowFast MaskFeat checkpoint: MVIT.PATCH_STRIDE {stride} is not the kernel {patch}: "
                           "overlapping patches are not a ViT")
+    padding = mvit.get("PATCH_PADDING")
+    if padding is not None and any(int(v) for v in padding):
+        raise ConfigError(f"SlowFast MaskFeat checkpoint: MVIT.PATCH_PADDING {padding}: a padded patch "
+                          "convolution is not a ViT patch embedding")
     return {"model": {
         "name": "masked",
         "encoder": {"name": "maskfeat_vit", "model": "vit_base_patch16_224", "img_size": side * patch,

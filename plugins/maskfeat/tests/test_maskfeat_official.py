@@ -28,7 +28,7 @@ OUT = C * 9 * (P // 8) ** 2  # 108 HOG values per patch
 def cfg_yaml(**mvit) -> str:
     """A cfg like ``cfg.dump()`` of ``in1k_VIT_B_MaskFeat_PT.yaml`` at the test's sizes."""
     m = {"PATCH_2D": True, "PATCH_KERNEL": [P, P], "PATCH_STRIDE": [P, P], "EMBED_DIM": D, "NUM_HEADS": HEADS,
-         "DEPTH": DEPTH, "MLP_RATIO": 4.0, "QKV_BIAS": True, "CLS_EMBED_ON": True, "MODE": "conv"} | mvit
+         "PATCH_PADDING": [0, 0], "DEPTH": DEPTH, "MLP_RATIO": 4.0, "QKV_BIAS": True, "CLS_EMBED_ON": True, "MODE": "conv"} | mvit
     return yaml.safe_dump({"MVIT": m, "MASK": {"PRETRAIN_DEPTH": [DEPTH - 1], "HEAD_TYPE": "separate", "PRED_HOG": True},
                            "AUG": {"MASK_RATIO": 0.4}, "DATA": {"TRAIN_CROP_SIZE": S}, "MODEL": {"MODEL_NAME": "MaskMViT"}})
 
@@ -212,3 +212,9 @@ def test_other_slowfast_layouts_are_refused(tmp_path, change, why) -> None:
     torch.save({"epoch": 1, "model_state": sd, "cfg": cfg_yaml()}, path)
     with pytest.raises(ConfigError, match=why):
         mimkit.load(path)
+
+
+def test_a_padded_patch_convolution_is_refused(tmp_path) -> None:
+    torch.save({"epoch": 1, "model_state": official_state(), "cfg": cfg_yaml(PATCH_PADDING=[1, 1])}, tmp_path / "p.pyth")
+    with pytest.raises(ConfigError, match=r"PATCH_PADDING \[1, 1\]"):
+        mimkit.load(tmp_path / "p.pyth")
