@@ -306,3 +306,11 @@ def test_unrecognized_files_fall_through(tmp_path):
     torch.save({"model": {"something.weight": torch.zeros(2)}}, path)
     with pytest.raises(CheckpointError, match="no installed importer recognizes"):
         mimkit.load(path)
+
+
+def test_layer_scale_option_starts_at_its_value():
+    model = mimkit.build({"method": "mfm_tiny_fashion_mnist"}, ["model.encoder.depth=2", "model.encoder.layer_scale=0.1"])
+    gammas = [blk.ls1.gamma for blk in model.encoder.vit.blocks] + [blk.ls2.gamma for blk in model.encoder.vit.blocks]
+    assert len(gammas) == 4 and all(torch.equal(g, torch.full_like(g, 0.1)) for g in gammas)
+    plain = mimkit.build({"method": "mfm_tiny_fashion_mnist"}, ["model.encoder.depth=2"])
+    assert not any(".ls1." in k for k in plain.state_dict())
