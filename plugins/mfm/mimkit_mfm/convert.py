@@ -70,8 +70,14 @@ def _count(state: Mapping[str, Any], prefix: str) -> int:
 
 def backbone(state: Mapping[str, Any]) -> str | None:
     """``"vit"``, ``"resnet"`` or None: which official MFM encoder a state dict holds."""
-    if not isinstance(state, Mapping) or any(k.startswith(("encoder.vit.", "encoder.net.")) for k in state):
+    if not isinstance(state, Mapping) or not state:
+        return None
+    if not all(isinstance(k, str) and k.startswith(("encoder.", "decoder.")) for k in state):
+        return None  # MFM holds only these two submodules (other methods' files have more)
+    if any(k.startswith(("encoder.vit.", "encoder.net.")) for k in state):
         return None  # mimkit's own layout
+    if "encoder.mask_token" in state:
+        return None  # SimMIM's ViT (same code base, but with a mask token); MFM has none
     w = state.get("encoder.patch_embed.proj.weight")
     if getattr(w, "ndim", 0) == 4 and "encoder.cls_token" in state and "encoder.blocks.0.attn.qkv.weight" in state \
             and "encoder_to_decoder.weight" not in state:
@@ -91,6 +97,30 @@ def _refuse_unsupported(state: Mapping[str, Any]) -> None:
                                   "depth 0, the released configs) imports; the Transformer decoder is not implemented")
 
 
+_VIT_TOP = ("cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias")
+
+
+def _check_vit_keys(state: Mapping[str, Any]) -> None:
+    """Every block holds the same parameters, and the embedding/final norm are present: a gap is
+    an error naming the official key (rather than mimkit's name after conversion)."""
+    for name in _VIT_TOP:
+        _need(state, "encoder." + name)
+    blocks: dict[int, set[str]] = {}
+    for k in state:
+        if m := re.match(r"encoder\.blocks\.(\d+)\.(.+)$", k):
+            blocks.setdefault(int(m.group(1)), set()).add(m.group(2))
+    every = set().union(*blocks.values()) if blocks else set()
+    for a, b in (("attn.q_bias", "attn.v_bias"), ("gamma_1", "gamma_2")):
+        for have, lack in ((a, b), (b, a)):
+            if have in every and lack not in every:
+                raise CheckpointError(f"MFM checkpoint has 'encoder.blocks.N.{have}' but lacks "
+                                      f"'encoder.blocks.0.{lack}': the file is incomplete or damaged")
+    for i in range(max(blocks) + 1 if blocks else 0):
+        for suffix in sorted(every - blocks.get(i, set())):
+            raise CheckpointError(f"MFM checkpoint lacks 'encoder.blocks.{i}.{suffix}' (other blocks have it): "
+                                  "the file is incomplete or damaged")
+
+
 def convert_official(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official MFM key names (ViT or ResNet, ``{"model": ...}`` or the bare state) -> mimkit's."""
     if isinstance(state.get("model"), Mapping):
@@ -100,13 +130,13 @@ def convert_official(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
         raise CheckpointError("not an official MFM state dict: expected encoder.patch_embed.proj.weight + "
                               "encoder.cls_token (ViT) or encoder.conv1.weight + encoder.layer1.0.conv1.weight (ResNet)")
     _refuse_unsupported(state)
+    if kind == "vit":
+        _check_vit_keys(state)
     out: dict[str, torch.Tensor] = {}
     for k, v in state.items():
         if k.startswith("decoder.0."):
             out["decoder.proj." + k[len("decoder.0."):]] = v
             continue
-        if not k.startswith("encoder."):
-            raise CheckpointError(f"unexpected key {k!r} in an MFM checkpoint (expected encoder.* / decoder.0.*)")
         name = k[len("encoder."):]
         if kind == "resnet":
             if name.startswith("fc."):

@@ -286,7 +286,10 @@ def test_resnet_encoder_only_file_loads_with_a_warning(tmp_path):
     (lambda sd: sd.pop("encoder.blocks.1.attn.v_bias"), "encoder.blocks.1.attn.v_bias"),
     (lambda sd: sd.update({"decoder.0.weight": torch.zeros(100, D, 1, 1)}), "decoder.0.weight"),
     (lambda sd: sd.update({"decoder.blocks.0.norm1.weight": torch.zeros(D)}), "decoder.blocks.0.norm1.weight"),
-    (lambda sd: sd.update({"head.weight": torch.zeros(2, D)}), "head.weight"),
+    (lambda sd: sd.update({f"encoder.blocks.{i}.gamma_1": torch.zeros(D) for i in range(DEPTH)}),
+     "encoder.blocks.0.gamma_2"),
+    (lambda sd: sd.pop("encoder.blocks.1.mlp.fc2.bias"), "encoder.blocks.1.mlp.fc2.bias"),
+    (lambda sd: sd.pop("encoder.norm.weight"), "encoder.norm.weight"),
 ])
 def test_inconsistent_mfm_file_is_a_clear_error(tmp_path, edit, key):
     sd = official_vit_state(seed=8)
@@ -302,6 +305,12 @@ def test_unrecognized_files_fall_through(tmp_path):
     model = mimkit.build({"method": "mfm_tiny_fashion_mnist"}, ["model.encoder.depth=1"])
     assert import_official({"model": model.state_dict()}) is None  # mimkit's own layout
     assert import_official([1, 2]) is None
+    simmim = official_vit_state()
+    simmim["encoder.mask_token"] = torch.zeros(1, 1, D)  # microsoft/SimMIM: same ViT code, with a mask token
+    assert import_official({"model": simmim}) is None
+    other = official_vit_state()
+    other["head.weight"] = torch.zeros(2, D)  # a key outside MFM's two submodules: some other method's file
+    assert import_official({"model": other}) is None
     path = tmp_path / "other.pth"
     torch.save({"model": {"something.weight": torch.zeros(2)}}, path)
     with pytest.raises(CheckpointError, match="no installed importer recognizes"):
