@@ -1,18 +1,17 @@
 """mimkit-mfm's hook implementations: the ``frequency`` masker and target, the
 ``frequency_distance`` loss, the ``linear_pixelshuffle`` decoder, the ``resnet`` encoder and
-the MFM presets."""
+the MFM presets, the importer of official Jiahao000/MFM checkpoints."""
 from __future__ import annotations
 
 from mimkit.plugin_api import hookimpl, package_presets
 
+from .convert import import_official
 from .decoder import LinearPixelShuffleDecoder
 from .frequency import FrequencyDistance, FrequencyMasker, FrequencyTarget
 from .resnet import ResNetEncoder
 from .vit import MFMViTEncoder
 
 MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
-
-
 
 @hookimpl
 def mimkit_maskers():
@@ -42,3 +41,8 @@ def mimkit_encoders():
 @hookimpl
 def mimkit_presets():
     return package_presets("mimkit_mfm")
+
+
+@hookimpl
+def mimkit_importers():
+    return {"mfm_official": import_official}

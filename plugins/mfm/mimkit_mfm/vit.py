@@ -7,6 +7,11 @@ Jiahao000/MFM's ``VisionTransformerForMFM`` inherits (``models/vision_transforme
 * ``fix_init_weight``: each block's ``attn.proj.weight`` and ``mlp.fc2.weight`` divided by
   sqrt(2 * layer_id), layer_id counted from 1.
 
+Option ``layer_scale`` (the official ``init_values``, ``MODEL.VIT.INIT_VALUES``): per-channel
+gains ``gamma_1``/``gamma_2`` on the attention and MLP branches, initialized to the value (timm's
+``LayerScale``, keys ``blocks.N.ls1.gamma``/``ls2.gamma``). The released MFM configs set it to
+None (off, the default here); the official ``config.py`` default is 0.1.
+
 The official attention has learned ``q_bias`` and ``v_bias`` and no key bias; timm's ``qkv.bias``
 also holds a key bias, which starts at 0 and stays there: q.(k + b_k) adds the same q.b_k to every
 logit of a query, so the softmax and every gradient through it ignore it (its gradient is 0).
@@ -15,7 +20,9 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import torch
+from timm.layers import LayerScale
 from torch import nn
 
 from mimkit.plugin_api import BuildEnv, ViTEncoder
@@ -47,8 +54,17 @@ def beit_init_(encoder: ViTEncoder) -> None:
 
 
 class MFMViTEncoder(ViTEncoder):
-    """``mfm_vit``: the ``vit`` encoder (same options and checkpoint keys), BEiT-initialized."""
+    """``mfm_vit``: the ``vit`` encoder (same options and checkpoint keys), BEiT-initialized,
+    with optional layer scale."""
 
-    def __init__(self, config: "ViTEncoder.Config", env: BuildEnv | None = None):
+    @attrs.define(kw_only=True)
+    class Config(ViTEncoder.Config):
+        layer_scale: float | None = None  # the official init_values; None = no gamma (the released configs)
+
+    def __init__(self, config: "MFMViTEncoder.Config", env: BuildEnv | None = None):
         super().__init__(config, env)
         beit_init_(self)
+        if config.layer_scale is not None:
+            for blk in self.vit.blocks:
+                blk.ls1 = LayerScale(self.embed_dim, init_values=config.layer_scale)
+                blk.ls2 = LayerScale(self.embed_dim, init_values=config.layer_scale)
