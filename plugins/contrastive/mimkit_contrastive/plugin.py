@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mimkit.plugin_api import hookimpl, package_presets
 
+from .convert import import_official
 from .infonce import InfoNCE
 from .masking import BlockMasker
 from .models import CMAE, MACRL
@@ -36,3 +37,8 @@ def mimkit_models():
 @hookimpl
 def mimkit_presets():
     return package_presets("mimkit_contrastive")
+
+
+@hookimpl
+def mimkit_importers():
+    return {"cmae_official": import_official}
