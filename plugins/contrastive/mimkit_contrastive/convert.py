@@ -31,13 +31,16 @@ configs' 16. Pass overrides (``model.encoder.num_heads=...``) for other sizes.
 """
 from __future__ import annotations
 
+import os
 import re
 import warnings
+from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
-from mimkit.plugin_api import CheckpointError
+from mimkit.plugin_api import build, CheckpointError, load_state
 
 #: mmcls VisionTransformer.arch_zoo of the CMAE repo: (width, depth, MLP width) -> heads.
 ARCH_HEADS = {(768, 8, 2304): 8, (768, 12, 3072): 12, (1024, 24, 4096): 16}
@@ -58,7 +61,8 @@ PARTS = {"backbone.": "encoder.vit.", "target_backbone.": "teacher.copies.encode
          "pixel_decoder.": "decoder.", "feature_decoder.": "feature_decoder.",
          "projector.": "projector.", "target_projector.": "teacher.copies.projector.",
          "head.predictor.": "predictor."}
-_MARKERS = ("target_backbone.", "pixel_decoder.", "feature_decoder.", "target_projector.", "head.predictor.")
+#: Module names only CMAE has (``head.predictor`` is also mmselfsup MoCo v3's: not a marker).
+_MARKERS = ("target_backbone.", "pixel_decoder.", "feature_decoder.", "target_projector.")
 
 
 def _bad(key: str, where: str, why: str = "unexpected key") -> CheckpointError:
@@ -317,3 +321,59 @@ def import_official(obj: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
                       "feature decoders, projector and predictor keep their random initialization", stacklevel=2)
         return recipe_for(state), converted, False
     return None
+
+
+class _Inert:
+    """What an mmengine logging object (``HistoryBuffer``) of ``message_hub`` is read into: an
+    attribute bag, so that a training checkpoint loads with ``weights_only=True`` and no mmengine."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__.update(state if isinstance(state, dict) else {"state": state})
+
+
+#: The pickled names of a raw mmengine training checkpoint beyond tensors and builtins.
+_MMENGINE_NAMES = ("mmengine.logging.history_buffer.HistoryBuffer",)
+
+
+def _numpy_globals() -> list[tuple[Any, str]]:
+    """numpy arrays and scalars (HistoryBuffer's history), under numpy 1.x and 2.x names."""
+    core = getattr(np, "_core", None) or np.core
+    out: list[tuple[Any, str]] = []
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out += [(core.multiarray._reconstruct, f"{mod}._reconstruct"), (core.multiarray.scalar, f"{mod}.scalar")]
+    out += [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
+    for t in (np.float64, np.float32, np.int64, np.int32, np.bool_):
+        dt = type(np.dtype(t))
+        out.append((dt, f"numpy.dtypes.{dt.__name__}"))
+    return out
+
+
+def read_official(path: str | os.PathLike) -> Any:
+    """A CMAE file read with ``torch.load(weights_only=True)``, including a raw mmengine
+    training checkpoint whose ``message_hub`` holds mmengine ``HistoryBuffer`` objects (read
+    into inert attribute bags; nothing from the file runs)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"missing file {p}")
+    allowed = _numpy_globals() + [(_Inert, name) for name in _MMENGINE_NAMES]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError and friends
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"refusing to load {p}: not loadable with weights_only=True even with mmengine's "
+                              f"logging objects allowed ({first})") from None
+
+
+def load_official(path: str | os.PathLike, overrides: list[str] | None = None) -> torch.nn.Module:
+    """``mimkit.load`` for official CMAE files, raw mmengine training checkpoints included (the
+    core's reader refuses their ``message_hub`` objects): the ``cmae`` model, in eval mode."""
+    obj = read_official(path)
+    found = import_official(obj)
+    if found is None:
+        raise CheckpointError(f"{path}: not a CMAE checkpoint (no backbone.* + target_backbone/pixel_decoder/"
+                              "feature_decoder/projector keys, nor a backbone file with author 'CMAE')")
+    recipe, state, strict = found
+    model = build(recipe, overrides)
+    load_state(model, state, f"{path} (CMAE official)", strict=strict)
+    return model.eval()

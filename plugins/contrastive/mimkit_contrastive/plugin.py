@@ -1,5 +1,5 @@
 """mimkit-contrastive's hook implementations: the ``infonce`` loss, the ``two_views`` dataset,
-the ``cmae`` and ``macrl`` models and their presets."""
+the ``cmae`` and ``macrl`` models and their presets, the official CMAE checkpoint importer."""
 from __future__ import annotations
 
 from mimkit.plugin_api import hookimpl, package_presets

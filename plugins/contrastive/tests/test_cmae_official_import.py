@@ -9,15 +9,18 @@ the layout mmengine's ``Runner.save_checkpoint`` writes; nothing is downloaded.
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mimkit
 from mimkit.plugin_api import CheckpointError
-from mimkit_contrastive.convert import convert_official, import_official, recipe_for
+from mimkit_contrastive.convert import convert_official, import_official, load_official, recipe_for
 
 D, C, P, IMG, DEPTH, HEADS = 48, 3, 4, 32, 2, 3  # p*p*C = 48 = D: the feature decoder's output feeds the projector
 DEC, DEC_DEPTH, FDEC_DEPTH, DEC_HEADS = 32, 2, 1, 16
@@ -358,8 +361,46 @@ def test_inconsistent_or_foreign_files(tmp_path: Path, full_file) -> None:
     assert import_official({"state_dict": {"foo.weight": torch.zeros(2)}}) is None
     assert import_official({"state_dict": odd["state_dict"]}) is None  # an mmcls ViT without CMAE's marker
     assert import_official([1, 2]) is None
+    moco = {k: v for k, v in sd.items() if k.startswith(("backbone.", "projector.", "head.predictor."))}
+    assert import_official({"state_dict": moco}) is None  # mmselfsup MoCo v3 also has backbone + head.predictor
     path = tmp_path / "foreign.pth"
     torch.save({"state_dict": {"foo.weight": torch.zeros(2)}}, path)
     with pytest.raises(CheckpointError, match="no installed importer recognizes"):
         mimkit.load(path)
 
+
+
+def test_raw_mmengine_training_checkpoint_with_history_buffers(tmp_path: Path, full_file, monkeypatch) -> None:
+    """A training checkpoint's message_hub holds mmengine HistoryBuffer objects (numpy histories):
+    the core reader refuses them; load_official reads them as inert bags, without mmengine."""
+    _, sd = full_file
+    with monkeypatch.context() as mp:  # an importable stand-in for mmengine's class, only while saving
+        names = ("mmengine", "mmengine.logging", "mmengine.logging.history_buffer")
+        for name in names:
+            mp.setitem(sys.modules, name, types.ModuleType(name))
+
+        class HistoryBuffer:
+            def __init__(self) -> None:
+                self.max_length = 1000000
+                self._log_history = np.array([2.53, 2.41])
+                self._count_history = np.array([1, 1])
+
+        HistoryBuffer.__module__, HistoryBuffer.__qualname__ = names[-1], "HistoryBuffer"
+        sys.modules[names[-1]].HistoryBuffer = HistoryBuffer
+        raw = mmengine_file(sd)
+        raw["message_hub"]["log_scalars"] = {"train/loss": HistoryBuffer(), "train/lr": HistoryBuffer()}
+        raw["message_hub"]["runtime_info"]["train/grad_norm"] = np.float64(1.25)  # a numpy scalar
+        path = tmp_path / "epoch_300.pth"
+        torch.save(raw, path)
+    assert "mmengine" not in sys.modules or not hasattr(sys.modules["mmengine"], "logging")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        mimkit.load(path)
+    model = load_official(path, overrides=OVERRIDES)
+    own = model.state_dict()
+    for k, v in convert_official(sd).items():
+        assert torch.equal(own[k], v), k
+    assert not model.training and model.recipe.model["encoder"]["num_heads"] == HEADS
+    with pytest.raises(CheckpointError, match="not a CMAE checkpoint"):
+        foreign = tmp_path / "foreign.pth"
+        torch.save({"state_dict": {"foo.weight": torch.zeros(2)}}, foreign)
+        load_official(foreign)
