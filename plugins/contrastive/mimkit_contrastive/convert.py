@@ -24,6 +24,9 @@ downloads here):
   ``bn0`` (SyncBN, eps 1e-6), ReLU, ``fc1`` without bias.
 * ``tools/extract_backbone_weights.py`` writes the backbone-only file
   ``{"state_dict": {key without "backbone.": ...}, "author": "CMAE"}`` used for fine-tuning.
+* mmengine's ``MessageHub.state_dict`` keeps ``HistoryBuffer`` objects (numpy histories): the
+  core's ``weights_only`` reader refuses a raw training checkpoint; :func:`load_official` reads
+  it with those objects turned into inert attribute bags.
 
 Heads are not recoverable from weights: the encoder's come from the mmcls arch table
 (``VisionTransformer.arch_zoo``, matched on width, depth and MLP width), the decoders' are the
@@ -124,6 +127,10 @@ def _count(state: Mapping[str, Any], prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
+def _count_fc(state: Mapping[str, Any], prefix: str) -> int:
+    return len({k for k in state if re.match(re.escape(prefix) + r"fc\d+\.weight$", k)})
+
+
 def state_of(obj: Any) -> Mapping[str, Any] | None:
     """The model state of a loaded file: ``obj["state_dict"]`` (mmengine), else ``obj`` itself."""
     if not isinstance(obj, Mapping):
@@ -162,7 +169,7 @@ def _expected(state: Mapping[str, Any], full: bool) -> list[str]:
                        for b in _BLOCK for leaf in _BLOCK_LEAVES]
 
     def neck(p: str) -> list[str]:
-        n = max(2, len({k for k in state if re.match(re.escape(p) + r"fc\d+\.weight$", k)}))
+        n = max(2, _count_fc(state, p))
         keys = [f"{p}fc{i}.{leaf}" for i in range(n - 1) for leaf in _BLOCK_LEAVES]
         keys += [f"{p}bn{i}.{leaf}" for i in range(n - 1) for leaf in _BN_LEAVES]
         return keys + [f"{p}fc{n - 1}.weight"]
@@ -207,10 +214,6 @@ def check(state: Mapping[str, Any], full: bool | None = None) -> None:
         raise _bad("pixel_decoder.decoder_pred.weight", "pixel decoder",
                    f"output width {state['pixel_decoder.decoder_pred.weight'].shape[0]} != "
                    f"{w.shape[2]}x{w.shape[3]}x{w.shape[1]} pixels per patch for key")
-
-
-def _count_fc(state: Mapping[str, Any], prefix: str) -> int:
-    return len({k for k in state if re.match(re.escape(prefix) + r"fc\d+\.weight$", k)})
 
 
 def convert_official(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -314,7 +317,8 @@ def import_official(obj: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
     if state is None:
         return None
     if is_full(state):
-        return recipe_for(state), convert_official(state), True
+        converted = convert_official(state)  # checks the keys first: errors name the official key
+        return recipe_for(state), converted, True
     if is_backbone(obj):
         converted = convert_official(state)
         warnings.warn("CMAE backbone-only checkpoint: the online and momentum encoders are loaded; the pixel and "

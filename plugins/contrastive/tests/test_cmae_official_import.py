@@ -347,6 +347,9 @@ def test_inconsistent_or_foreign_files(tmp_path: Path, full_file) -> None:
     torch.save(mmengine_file(missing), path)
     with pytest.raises(CheckpointError, match=r"missing key.*feature_decoder\.decoder_pred\.weight"):
         mimkit.load(path)
+    no_mlp = {k: v for k, v in sd.items() if k != "backbone.layers.0.ffn.layers.0.0.weight"}
+    with pytest.raises(CheckpointError, match=r"missing key.*backbone\.layers\.0\.ffn\.layers\.0\.0\.weight"):
+        import_official({"state_dict": no_mlp})
     last_bn = dict(sd, **{"projector.bn1.weight": torch.ones(OUT)})
     with pytest.raises(CheckpointError, match=r"projector\.bn1\.weight"):
         import_official({"state_dict": last_bn})
