@@ -144,13 +144,14 @@ class CMAE(MethodModel):
         pred = self.decoder(latent, mask, ctx)  # (B, N, p*p*C)
         target = self.target(batch, mask, ctx)  # (B, N, p*p*C)
         feats = self.feature_decoder(latent, mask, ctx)  # (B, N, D)
-        q = self.predictor(self.projector(feats.mean(1)))  # (B, 256)
+        z = self.projector(feats.mean(1))  # (B, 256)
+        q = self.predictor(z)  # (B, 256)
         pix = _hidden_mean(((pred - target) ** 2).mean(-1), mask)
         nce = self.nce.contrast(q, k)
         out = Outputs(mask=mask, latent=latent, pred=pred, target=target, losses={"pix": pix, "nce": nce})
         out.loss = self.config.pix_weight * pix + self.config.nce_weight * nce
         out.extra.update(ctx.teacher)
-        out.extra.update({"query": q, "key": k})
+        out.extra.update({"features": feats, "projection": z, "query": q, "key": k})
         return out
 
 

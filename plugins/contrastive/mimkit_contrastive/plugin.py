@@ -1,9 +1,10 @@
 """mimkit-contrastive's hook implementations: the ``infonce`` loss, the ``two_views`` dataset,
-the ``cmae`` and ``macrl`` models and their presets."""
+the ``cmae`` and ``macrl`` models and their presets, the official CMAE checkpoint importer."""
 from __future__ import annotations
 
 from mimkit.plugin_api import hookimpl, package_presets
 
+from .convert import import_official
 from .infonce import InfoNCE
 from .masking import BlockMasker
 from .models import CMAE, MACRL
@@ -36,3 +37,8 @@ def mimkit_models():
 @hookimpl
 def mimkit_presets():
     return package_presets("mimkit_contrastive")
+
+
+@hookimpl
+def mimkit_importers():
+    return {"cmae_official": import_official}
