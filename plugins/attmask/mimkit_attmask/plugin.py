@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from mimkit.plugin_api import hookimpl, package_presets
 
+from .convert import import_official
 from .ibot import IBOTModel
 from .masking import AttentionGuidedMasker
 
 MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
-
 
 
 @hookimpl
@@ -19,6 +19,11 @@ def mimkit_maskers():
 @hookimpl
 def mimkit_models():
     return {"ibot": IBOTModel}
+
+
+@hookimpl
+def mimkit_importers():
+    return {"ibot_official": import_official}
 
 
 @hookimpl
