@@ -112,6 +112,12 @@ def _check_head(head: Mapping[str, torch.Tensor], where: str) -> None:
         if m and int(m.group(1)) % 2:
             raise CheckpointError(f"{where}: key 'head.{k}': a layer between the head's linears "
                                   "(norm_in_head) is not supported")
+    lin = sorted({int(m.group(1)) for k in head if (m := re.match(r"mlp\.(\d+)\.", k))})
+    for i in range(len(lin)):  # Linear, GELU, Linear, ...: the linears at 0, 2, 4, ... with weight and bias
+        for t in ("weight", "bias"):
+            if f"mlp.{2 * i}.{t}" not in head:
+                raise CheckpointError(f"{where}: missing key 'head.mlp.{2 * i}.{t}' (the head's linears are "
+                                      f"{['mlp.%d' % j for j in lin]})")
     for k in ("last_layer.weight_g", "last_layer.weight_v"):
         if k not in head:
             raise CheckpointError(f"{where}: missing key 'head.{k}' (bottleneck_dim 0 is not supported)")
@@ -332,18 +338,21 @@ def recipe_for(parts_or_obj: Any) -> dict[str, Any]:
                                       "masking_prob": float(_arg(args, "masking_prob", 0.5)),
                                       "show_max": float(_arg(args, "show_max", 0.1))}
             if isinstance(ratio, (int, float)) and isinstance(var, (int, float)):
-                masker["ratio_range"] = [float(ratio - var), float(ratio + var)] if var else [float(ratio), float(ratio)]
+                masker["ratio_range"] = [round(float(ratio - var), 6), round(float(ratio + var), 6)]
             model["masker"] = masker
     return {"model": model}
 
 
 def import_official(obj: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], bool] | None:
     """The ``mimkit_importers`` entry: an iBOT/AttMask file, else None (other importers try)."""
-    parts = split_official(obj)
-    if parts is None:
-        return None
-    recipe = recipe_for(parts)
-    state = _convert(parts)
+    try:
+        parts = split_official(obj)
+        if parts is None:
+            return None
+        recipe = recipe_for(parts)
+        state = _convert(parts)
+    except CheckpointError as exc:
+        raise CheckpointError(f"an iBOT/AttMask checkpoint with inconsistent keys: {exc}") from None
     if parts["layout"] != "full":
         missing = "the projection heads, " if not (parts["student"] or parts["teacher"])[1] else ""
         if "encoder.mask_token" not in state:

@@ -1,5 +1,6 @@
 """mimkit-attmask's hook implementations: the ``attention_guided`` masker, the ``ibot`` model
-(AttMask's distillation objective) and the AttMask presets."""
+(AttMask's distillation objective), the importer of official iBOT/AttMask checkpoints and the
+AttMask presets."""
 from __future__ import annotations
 
 from mimkit.plugin_api import hookimpl, package_presets
