@@ -237,7 +237,8 @@ def _head_keys(head: Mapping[str, torch.Tensor], prefix: str, separate_patch_lay
 def convert_official(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Official iBOT/AttMask keys -> mimkit's ``ibot`` model keys (any size).
 
-    ``obj``: a file's content (full checkpoint, backbone file, one network's state dict). The
+    ``obj``: a file's content (full checkpoint, backbone file, one network's state dict) or a
+    bare ViT backbone state dict (taken as iBOT's since the caller says so). The
     result fills what the file holds: with a full checkpoint, student (``encoder``, ``head``),
     teacher (``teacher.copies.*``; its unused mask token from the student's ``masked_embed``) and
     the loss centers. A single network fills both the student and the teacher. Load it with
@@ -245,11 +246,18 @@ def convert_official(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     logged value, always; the heads with a backbone-only file). The model must be built with
     ``shared_head`` as the file's student (see :func:`recipe_for`).
     """
+    return _convert(_parts_of(obj))
+
+
+def _parts_of(obj: Any) -> dict[str, Any]:
+    """split_official, also taking a bare ViT backbone (the caller says it is iBOT's)."""
     parts = split_official(obj)
+    if parts is None and isinstance(obj, Mapping) and _looks_like_backbone(obj):
+        parts = split_official({"state_dict": obj})
     if parts is None:
         raise CheckpointError("not an iBOT/AttMask checkpoint (no student/teacher networks, backbone file "
-                              "{'state_dict': ...} or masked_embed found)")
-    return _convert(parts)
+                              "{'state_dict': ...}, network state dict or ViT backbone found)")
+    return parts
 
 
 def _convert(parts: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -287,9 +295,7 @@ def recipe_for(parts_or_obj: Any) -> dict[str, Any]:
     channels, image size, MLP ratio, head widths and layers, prototypes, shared patch layer);
     heads from the ``args`` Namespace of a full checkpoint (``--arch``), else from the width
     (the official ViT sizes); loss and masking settings from ``args`` when present."""
-    parts = parts_or_obj if isinstance(parts_or_obj, Mapping) and "layout" in parts_or_obj else split_official(parts_or_obj)
-    if parts is None:
-        raise CheckpointError("not an iBOT/AttMask checkpoint")
+    parts = parts_or_obj if isinstance(parts_or_obj, Mapping) and "layout" in parts_or_obj else _parts_of(parts_or_obj)
     args = parts.get("args")
     net = parts["student"] or parts["teacher"]
     bb, head = net
@@ -352,7 +358,7 @@ def import_official(obj: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         recipe = recipe_for(parts)
         state = _convert(parts)
     except CheckpointError as exc:
-        raise CheckpointError(f"an iBOT/AttMask checkpoint with inconsistent keys: {exc}") from None
+        raise CheckpointError(f"iBOT/AttMask checkpoint not importable: {exc}") from None
     if parts["layout"] != "full":
         missing = "the projection heads, " if not (parts["student"] or parts["teacher"])[1] else ""
         if "encoder.mask_token" not in state:

@@ -259,6 +259,11 @@ def test_convert_official_into_a_preset_of_another_size() -> None:
     x = images()
     with torch.no_grad():
         assert maxdiff(model.eval_encoder.forward_features(x), ref_vit(ck["teacher"], x, pre="backbone.")) <= TOL
+    bare = {k[len("backbone."):]: v for k, v in ck["teacher"].items() if k.startswith("backbone.")}
+    state = convert_official(bare)  # a bare teacher backbone: both encoders, no head
+    assert not any(".head." in k or k.startswith("head.") for k in state)
+    assert torch.equal(state["encoder.vit.blocks.1.attn.qkv.weight"], bare["blocks.1.attn.qkv.weight"])
+    assert torch.equal(state["teacher.copies.encoder.vit.norm.bias"], bare["norm.bias"])
 
 
 def test_other_files_fall_through_to_other_importers(tmp_path) -> None:
