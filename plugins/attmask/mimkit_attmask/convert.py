@@ -359,12 +359,13 @@ def import_official(obj: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         state = _convert(parts)
     except CheckpointError as exc:
         raise CheckpointError(f"iBOT/AttMask checkpoint not importable: {exc}") from None
-    if parts["layout"] != "full":
-        missing = "the projection heads, " if not (parts["student"] or parts["teacher"])[1] else ""
-        if "encoder.mask_token" not in state:
-            missing += "the mask token, "
-        warnings.warn(f"{parts['layout']}-only iBOT/AttMask checkpoint: student and teacher get the same weights; "
-                      f"{missing}the loss centers keep their initialization", stacklevel=2)
+    missing = [what for what, key in (("the projection heads", "head.last_v"), ("the mask token", "encoder.mask_token"),
+                                      ("the loss centers", "ibot_loss.center")) if key not in state]
+    if parts["layout"] != "full" or missing:
+        kind = {"full": "full", "network": "single-network", "backbone": "backbone-only"}[parts["layout"]]
+        same = "" if parts["layout"] == "full" else "student and teacher get the same weights; "
+        warnings.warn(f"{kind} iBOT/AttMask checkpoint: {same}not in the file, so left at their initialization: "
+                      + ", ".join(missing), stacklevel=2)
     shape = str(_arg(parts.get("args"), "pred_shape", "attmask_hint"))
     if not shape.startswith("attmask_"):
         warnings.warn(f"iBOT's {shape!r} masks are not implemented in mimkit-attmask: the imported model masks "
