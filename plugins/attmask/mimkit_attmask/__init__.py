@@ -1,6 +1,7 @@
 """AttMask (Kakogeorgiou et al., ECCV 2022) for mimkit: attention-guided masking and the iBOT
 distillation objective it was published with."""
+from .convert import convert_official, recipe_for
 from .ibot import IBOTHead, IBOTLoss, IBOTModel, teacher_temp_at
 from .masking import AttentionGuidedMasker, mask_from_hidden, topk_mask
 
-__all__ = ["AttentionGuidedMasker", "IBOTHead", "IBOTLoss", "IBOTModel", "mask_from_hidden", "teacher_temp_at", "topk_mask"]
+__all__ = ["AttentionGuidedMasker", "convert_official", "recipe_for", "IBOTHead", "IBOTLoss", "IBOTModel", "mask_from_hidden", "teacher_temp_at", "topk_mask"]

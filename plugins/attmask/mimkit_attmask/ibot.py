@@ -34,15 +34,22 @@ from .masking import mask_from_hidden
 
 
 class IBOTHead(nn.Module):
-    """iBOT's projection head, shared by [CLS] and patch tokens.
+    """iBOT's projection head.
 
     (…, D) -> MLP (``nlayers`` linear layers, GELU) -> (…, bottleneck) -> L2-normalize
     -> weight-normalized linear (no bias) -> (…, K) prototypes logits. With
     ``norm_last_layer`` the weight-norm gain is fixed to 1 (the official default).
+
+    ``shared=True`` (official ``--shared_head true``, every published run command): one
+    prototype layer scores the [CLS] and the patch tokens. ``shared=False`` (the official
+    argument default): a second weight-normalized layer (``last_v2``/``last_g2``, official
+    ``last_layer2``) scores the patch tokens of a (B, 1+N, D) input; a (B, D) input only meets
+    the first (official ``iBOTHead.forward`` on 2-d input). ``forward(x, shared=True)`` forces
+    the single layer, as the official teacher head is always shared (``--shared_head_teacher``).
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3, norm_last_layer: bool = True):
+                 nlayers: int = 3, norm_last_layer: bool = True, shared: bool = True):
         super().__init__()
         layers: list[nn.Module] = []
         dims = [in_dim] + [hidden_dim] * (max(1, nlayers) - 1) + [bottleneck_dim]
@@ -57,19 +64,30 @@ class IBOTHead(nn.Module):
                 nn.init.zeros_(m.bias)
         # weight norm written out: W = g * V / ||V|| per prototype (row); V keeps nn.Linear's
         # default init (kaiming-uniform, a = sqrt(5)), as the official weight_norm(nn.Linear) layer
-        v = torch.empty(out_dim, bottleneck_dim)
-        nn.init.kaiming_uniform_(v, a=math.sqrt(5))
-        self.last_v = nn.Parameter(v)  # (K, bottleneck)
-        self.last_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)  # (K, 1)
+        self.last_v, self.last_g = self._prototypes(out_dim, bottleneck_dim, norm_last_layer)  # (K, bottleneck), (K, 1)
+        self.last_v2 = self.last_g2 = None
+        if not shared:
+            self.last_v2, self.last_g2 = self._prototypes(out_dim, bottleneck_dim, norm_last_layer)
         self.freeze_last = False  # set by the model during the first epoch(s)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1, eps=1e-12)  # (…, bottleneck)
-        v, g = self.last_v, self.last_g
+    @staticmethod
+    def _prototypes(out_dim: int, bottleneck_dim: int, norm_last_layer: bool) -> tuple[nn.Parameter, nn.Parameter]:
+        v = torch.empty(out_dim, bottleneck_dim)
+        nn.init.kaiming_uniform_(v, a=math.sqrt(5))
+        return nn.Parameter(v), nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)
+
+    def _weight(self, v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         if self.freeze_last:  # no gradient at all: the optimizer skips it (official: grad = None)
             v, g = v.detach(), g.detach()
-        w = g * F.normalize(v, dim=-1)  # (K, bottleneck)
-        return x @ w.t()  # (…, K)
+        return g * F.normalize(v, dim=-1)  # (K, bottleneck)
+
+    def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        x = F.normalize(self.mlp(x), dim=-1, eps=1e-12)  # (…, bottleneck)
+        w = self._weight(self.last_v, self.last_g)
+        if self.last_v2 is None or shared or x.ndim < 3:
+            return x @ w.t()  # (…, K)
+        w2 = self._weight(self.last_v2, self.last_g2)
+        return torch.cat([x[:, :1] @ w.t(), x[:, 1:] @ w2.t()], dim=1)  # (B, 1+N, K): [CLS], patches
 
 
 def teacher_temp_at(epoch: float, start: float, end: float, warmup_epochs: float) -> float:
@@ -218,6 +236,7 @@ class IBOTModel(MethodModel):
         bottleneck_dim: int = 256
         head_layers: int = 3
         norm_last_layer: bool = True
+        shared_head: bool = True  # official --shared_head (the teacher's head is always shared)
         freeze_last_layer_epochs: float = 1.0
         student_temp: float = 0.1
         teacher_temp: float = 0.07
@@ -236,7 +255,7 @@ class IBOTModel(MethodModel):
         if getattr(getattr(self.encoder, "config", None), "mode", "with_mask_token") != "with_mask_token":
             raise ConfigError("model.encoder.mode: iBOT/AttMask replaces hidden tokens by a mask token; use with_mask_token")
         self.head = IBOTHead(self.encoder.embed_dim, config.out_dim, config.hidden_dim, config.bottleneck_dim,
-                             config.head_layers, config.norm_last_layer)
+                             config.head_layers, config.norm_last_layer, config.shared_head)
         self.masker = _ViewMasker(env.build("maskers", config.masker, "model.masker"), len(config.views))
         self.ibot_loss = IBOTLoss(config.out_dim, config.student_temp, config.teacher_temp, config.warmup_teacher_temp,
                                   config.warmup_teacher_temp_epochs, config.patch_teacher_temp,
@@ -264,7 +283,7 @@ class IBOTModel(MethodModel):
         x_all = torch.cat(views)  # (V*B, C, H, W): the global crops, as one batch (official)
         with torch.no_grad():
             t_out = self.teacher({in_key: x_all}, ctx)  # teacher_latent (V*B, 1+N, D), teacher_cls_attn (V*B, N)
-            t_logits = self._teacher_head()(t_out["teacher_latent"])  # (V*B, 1+N, K)
+            t_logits = self._teacher_head()(t_out["teacher_latent"], shared=True)  # (V*B, 1+N, K)
         ctx.teacher = t_out
         if mask is not None:
             hidden_all = torch.cat(list(mask)) if isinstance(mask, (list, tuple)) else mask

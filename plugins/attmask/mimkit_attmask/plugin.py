@@ -1,14 +1,15 @@
 """mimkit-attmask's hook implementations: the ``attention_guided`` masker, the ``ibot`` model
-(AttMask's distillation objective) and the AttMask presets."""
+(AttMask's distillation objective), the importer of official iBOT/AttMask checkpoints and the
+AttMask presets."""
 from __future__ import annotations
 
 from mimkit.plugin_api import hookimpl, package_presets
 
+from .convert import import_official
 from .ibot import IBOTModel
 from .masking import AttentionGuidedMasker
 
 MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
-
 
 
 @hookimpl
@@ -19,6 +20,11 @@ def mimkit_maskers():
 @hookimpl
 def mimkit_models():
     return {"ibot": IBOTModel}
+
+
+@hookimpl
+def mimkit_importers():
+    return {"ibot_official": import_official}
 
 
 @hookimpl
