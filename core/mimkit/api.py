@@ -147,6 +147,7 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> torch.n
             load_state(model, state, str(p))
         model.recipe = recipe
         return model.eval()
+    get_registry()  # plugins first: they allowlist the classes their official files pickle (MFM: a yacs config)
     return _import(ckpt.load_torch(p), p, overrides, "this file")
 
 

@@ -323,3 +323,15 @@ def test_layer_scale_option_starts_at_its_value():
     assert len(gammas) == 4 and all(torch.equal(g, torch.full_like(g, 0.1)) for g in gammas)
     plain = mimkit.build({"method": "mfm_tiny_fashion_mnist"}, ["model.encoder.depth=2"])
     assert not any(".ls1." in k for k in plain.state_dict())
+
+
+def test_fresh_process_loads_a_file_with_its_yacs_config(tmp_path):
+    """``mimkit.load`` loads the plugins (and their allowlisted classes) before ``torch.load``."""
+    import subprocess
+    import sys
+
+    path = save_official(tmp_path / "mfm_vit.pth", official_vit_state(), official_config("vit"))
+    code = f"import mimkit; m = mimkit.load({str(path)!r}); print(m.recipe.model['encoder']['num_heads'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == str(HEADS)
