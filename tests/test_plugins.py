@@ -88,9 +88,17 @@ def test_component_without_config_is_refused(tmp_path):
         def mimkit_maskers():
             return {"m": M}
     """)
+    make_plugin(tmp_path, "mimkit-badpickle", "badpickle", "mimkit_badpickle", """
+        from mimkit import hookimpl
+        MIMKIT_API = 2
+        @hookimpl
+        def mimkit_pickled():
+            return {"CfgNode": dict}  # not a dotted module path
+    """)
     res = registry_in_subprocess(tmp_path)
     plugins = {p[0]: p for p in res["plugins"]}
     assert "has no attrs `Config`" in plugins["noconf"][2]
+    assert "'CfgNode' must be a dotted" in plugins["badpickle"][2]
 
 
 def test_autoload_can_be_disabled(tmp_path):

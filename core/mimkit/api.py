@@ -147,8 +147,8 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> torch.n
             load_state(model, state, str(p))
         model.recipe = recipe
         return model.eval()
-    get_registry()  # plugins first: they allowlist the classes their official files pickle (MFM: a yacs config)
-    return _import(ckpt.load_torch(p), p, overrides, "this file")
+    pickled = get_registry().components["pickled"]  # stand-ins for what official files pickle (hook mimkit_pickled)
+    return _import(ckpt.load_torch(p, pickled), p, overrides, "this file")
 
 
 def _import(obj: Any, p: Path, overrides: list[str] | None, what: str) -> torch.nn.Module:

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -149,8 +149,9 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read {path}: not a complete safetensors file ({_first_line(exc)})") from None
 
 
-def load_torch(path: Path) -> Any:
-    """``torch.load(weights_only=True)``: a pickle that would run code is refused, not run."""
+def load_torch(path: Path, allowed: Mapping[str, Any] | None = None) -> Any:
+    """``torch.load(weights_only=True)``: a pickle that would run code is refused, not run.
+    ``allowed`` maps pickled class names to stand-ins (hook ``mimkit_pickled``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"missing file {path}")
@@ -158,7 +159,8 @@ def load_torch(path: Path) -> Any:
         raise CheckpointError(f"cannot read {path}: the file is empty (truncated)")
     try:
         # official MAE files carry their argparse Namespace: a plain attribute bag, safe to allow
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        extra = [(obj, name) for name, obj in (allowed or {}).items()]
+        with torch.serialization.safe_globals([argparse.Namespace, *extra]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError and friends
         raise CheckpointError(

@@ -163,6 +163,14 @@ def mimkit_importers() -> Mapping[str, Callable[[Mapping[str, Any]], Any]]:
 
 
 @hookspec
+def mimkit_pickled() -> Mapping[str, Callable[..., Any]]:
+    """Register stand-ins for the classes that official checkpoint files pickle beside their
+    tensors (a yacs config, a logging buffer): ``{"module.QualName": stand_in}``. ``mimkit.load``
+    reads files with ``torch.load(weights_only=True)`` and lets only these names through, rebuilt
+    by the stand-in (usually a plain mapping or attribute bag): nothing from the file runs."""
+
+
+@hookspec
 def mimkit_exporters() -> Mapping[str, Exporter]:
     """Register export formats beyond the core's ``timm`` and ``full`` (``mim export --format
     NAME``, :func:`mimkit.export.export`): ``{exporter name: Exporter(format=..., check=...,

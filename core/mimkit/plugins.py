@@ -22,7 +22,7 @@ from .errors import ConfigError, PluginError
 
 KINDS = (
     "maskers", "targets", "encoders", "decoders", "losses", "teachers", "models",
-    "presets", "datasets", "visualizers", "importers", "protocols", "exporters",
+    "presets", "datasets", "visualizers", "importers", "protocols", "exporters", "pickled",
 )
 DISABLE_ENV = "MIMKIT_DISABLE_PLUGIN_AUTOLOAD"
 #: The core's own plugin, loaded by name like any other (it sits above the registry: its
@@ -128,6 +128,11 @@ def _check_component(kind: str, name: str, obj: Any, plugin: str) -> None:
     if kind == "importers":
         if not callable(obj):
             raise PluginError(f"plugin {plugin!r}: importer {name!r} is not callable")
+        return
+    if kind == "pickled":
+        if "." not in name or not callable(obj):
+            raise PluginError(f"plugin {plugin!r}: pickled name {name!r} must be a dotted 'module.Class' path "
+                              f"mapped to a callable stand-in, got {obj!r}")
         return
     if kind == "exporters":
         if not (isinstance(getattr(obj, "format", None), str) and callable(getattr(obj, "check", None))

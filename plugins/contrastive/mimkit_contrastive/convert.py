@@ -25,8 +25,8 @@ downloads here):
 * ``tools/extract_backbone_weights.py`` writes the backbone-only file
   ``{"state_dict": {key without "backbone.": ...}, "author": "CMAE"}`` used for fine-tuning.
 * mmengine's ``MessageHub.state_dict`` keeps ``HistoryBuffer`` objects (numpy histories): the
-  core's ``weights_only`` reader refuses a raw training checkpoint; :func:`load_official` reads
-  it with those objects turned into inert attribute bags.
+  plugin registers stand-ins for them (:data:`PICKLED`, hook ``mimkit_pickled``), so
+  ``mimkit.load`` reads a raw training checkpoint with those objects turned into inert attribute bags.
 
 Heads are not recoverable from weights: the encoder's come from the mmcls arch table
 (``VisionTransformer.arch_zoo``, matched on width, depth and MLP width), the decoders' are the
@@ -352,32 +352,6 @@ def _numpy_globals() -> list[tuple[Any, str]]:
     return out
 
 
-def read_official(path: str | os.PathLike) -> Any:
-    """A CMAE file read with ``torch.load(weights_only=True)``, including a raw mmengine
-    training checkpoint whose ``message_hub`` holds mmengine ``HistoryBuffer`` objects (read
-    into inert attribute bags; nothing from the file runs)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"missing file {p}")
-    allowed = _numpy_globals() + [(_Inert, name) for name in _MMENGINE_NAMES]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError and friends
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"refusing to load {p}: not loadable with weights_only=True even with mmengine's "
-                              f"logging objects allowed ({first})") from None
-
-
-def load_official(path: str | os.PathLike, overrides: list[str] | None = None) -> torch.nn.Module:
-    """``mimkit.load`` for official CMAE files, raw mmengine training checkpoints included (the
-    core's reader refuses their ``message_hub`` objects): the ``cmae`` model, in eval mode."""
-    obj = read_official(path)
-    found = import_official(obj)
-    if found is None:
-        raise CheckpointError(f"{path}: not a CMAE checkpoint (no backbone.* + target_backbone/pixel_decoder/"
-                              "feature_decoder/projector keys, nor a backbone file with author 'CMAE')")
-    recipe, state, strict = found
-    model = build(recipe, overrides)
-    load_state(model, state, f"{path} (CMAE official)", strict=strict)
-    return model.eval()
+#: What raw mmengine training checkpoints pickle beside tensors (hook ``mimkit_pickled``): the
+#: ``message_hub``'s ``HistoryBuffer`` objects, read into inert bags, and their numpy histories.
+PICKLED: dict[str, Any] = {name: obj for obj, name in _numpy_globals()} | {name: _Inert for name in _MMENGINE_NAMES}

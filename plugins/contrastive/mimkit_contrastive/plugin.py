@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mimkit.plugin_api import hookimpl, package_presets
 
-from .convert import import_official
+from .convert import PICKLED, import_official
 from .infonce import InfoNCE
 from .masking import BlockMasker
 from .models import CMAE, MACRL
@@ -42,3 +42,8 @@ def mimkit_presets():
 @hookimpl
 def mimkit_importers():
     return {"cmae_official": import_official}
+
+
+@hookimpl
+def mimkit_pickled():
+    return PICKLED

@@ -1,12 +1,10 @@
 """MFM (Xie et al., ICLR 2023) for mimkit: frequency masking, spectrum target and loss,
 pixel-shuffle decoder, ResNet encoder."""
-from .convert import allow_official_config, convert_official, import_official, recipe_for
+from .convert import convert_official, import_official, recipe_for
 from .decoder import LinearPixelShuffleDecoder
 from .frequency import (FrequencyDistance, FrequencyMasker, FrequencyTarget, frequency_filter,
                         removed_frequencies, spectrum)
 from .resnet import ResNetEncoder
-
-allow_official_config()  # official files carry a yacs CfgNode: weights-only loading reads it as plain mappings
 
 __all__ = [
     "FrequencyMasker", "FrequencyTarget", "FrequencyDistance", "LinearPixelShuffleDecoder", "ResNetEncoder",

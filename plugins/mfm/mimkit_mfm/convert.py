@@ -57,10 +57,8 @@ class _YacsConfig:
         return collections.OrderedDict()
 
 
-def allow_official_config() -> None:
-    """Let weights-only loading read the ``"config"`` entry of official MFM files (a yacs
-    ``CfgNode``) as nested plain mappings; called when the plugin loads."""
-    torch.serialization.add_safe_globals([(_YacsConfig, "yacs.config.CfgNode")])
+#: What official files pickle beside tensors (hook ``mimkit_pickled``): the run's yacs ``CfgNode``.
+PICKLED = {"yacs.config.CfgNode": _YacsConfig}
 
 
 def _count(state: Mapping[str, Any], prefix: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mimkit.plugin_api import hookimpl, package_presets
 
-from .convert import import_official
+from .convert import PICKLED, import_official
 from .decoder import LinearPixelShuffleDecoder
 from .frequency import FrequencyDistance, FrequencyMasker, FrequencyTarget
 from .resnet import ResNetEncoder
@@ -46,3 +46,8 @@ def mimkit_presets():
 @hookimpl
 def mimkit_importers():
     return {"mfm_official": import_official}
+
+
+@hookimpl
+def mimkit_pickled():
+    return PICKLED
