@@ -144,6 +144,25 @@ def check_falls(rows: list[dict[str, Any]], keys: Sequence[str] = ("loss",), win
             f"{first:.5f} -> {last:.5f}")
 
 
+def reference_vit_block(x: torch.Tensor, sd: Mapping[str, torch.Tensor], prefix: str, heads: int,
+                        eps: float = 1e-6) -> torch.Tensor:
+    """One pre-norm ViT block written out in plain torch from timm/DeiT key names (``norm1``,
+    ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1/fc2`` under ``prefix``): the reference that
+    official-checkpoint parity tests compare an imported model with. x: (B, T, D) -> (B, T, D)."""
+    import torch.nn.functional as F
+
+    b, n, d = x.shape
+    h = F.layer_norm(x, (d,), sd[prefix + "norm1.weight"], sd[prefix + "norm1.bias"], eps=eps)
+    qkv = F.linear(h, sd[prefix + "attn.qkv.weight"], sd[prefix + "attn.qkv.bias"]).reshape(b, n, 3, heads, d // heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, T, D / heads)
+    attn = (q @ k.transpose(-2, -1) * (d // heads) ** -0.5).softmax(-1)
+    x = x + F.linear((attn @ v).transpose(1, 2).reshape(b, n, d), sd[prefix + "attn.proj.weight"], sd[prefix + "attn.proj.bias"])
+    h = F.layer_norm(x, (d,), sd[prefix + "norm2.weight"], sd[prefix + "norm2.bias"], eps=eps)
+    h = F.linear(F.gelu(F.linear(h, sd[prefix + "mlp.fc1.weight"], sd[prefix + "mlp.fc1.bias"])),
+                 sd[prefix + "mlp.fc2.weight"], sd[prefix + "mlp.fc2.bias"])
+    return x + h
+
+
 def one_thread() -> Iterator[None]:
     """One intra-op torch thread while a test module runs, restored afterwards; wrap it as an autouse
     module fixture: ``one_thread = pytest.fixture(autouse=True, scope="module")(mimkit.testing.one_thread)``.

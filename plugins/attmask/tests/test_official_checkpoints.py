@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import mimkit
 from mimkit.errors import CheckpointError
+from mimkit.testing import reference_vit_block
 from mimkit_attmask import convert_official
 from mimkit_attmask.convert import import_official
 
@@ -92,17 +93,9 @@ def ref_vit(sd: dict, x: torch.Tensor, mask: torch.Tensor | None = None, pre: st
         t = t.permute(0, 3, 1, 2)
     t = t.flatten(2).transpose(1, 2)
     t = torch.cat([sd[pre + "cls_token"].expand(t.shape[0], -1, -1), t], 1) + sd[pre + "pos_embed"]
-    b, n, d = t.shape
+    d = t.shape[-1]
     for i in range(DEPTH):
-        q = f"{pre}blocks.{i}."
-        h = F.layer_norm(t, (d,), sd[q + "norm1.weight"], sd[q + "norm1.bias"], eps=1e-6)
-        qkv = F.linear(h, sd[q + "attn.qkv.weight"], sd[q + "attn.qkv.bias"]).reshape(b, n, 3, HEADS, d // HEADS)
-        qq, kk, vv = qkv.permute(2, 0, 3, 1, 4)
-        attn = (qq @ kk.transpose(-2, -1) * (d // HEADS) ** -0.5).softmax(-1)
-        t = t + F.linear((attn @ vv).transpose(1, 2).reshape(b, n, d), sd[q + "attn.proj.weight"], sd[q + "attn.proj.bias"])
-        h = F.layer_norm(t, (d,), sd[q + "norm2.weight"], sd[q + "norm2.bias"], eps=1e-6)
-        t = t + F.linear(F.gelu(F.linear(h, sd[q + "mlp.fc1.weight"], sd[q + "mlp.fc1.bias"])),
-                         sd[q + "mlp.fc2.weight"], sd[q + "mlp.fc2.bias"])
+        t = reference_vit_block(t, sd, f"{pre}blocks.{i}.", HEADS)
     return F.layer_norm(t, (d,), sd[pre + "norm.weight"], sd[pre + "norm.bias"], eps=1e-6)
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import mimkit
 from mimkit.errors import CheckpointError
+from mimkit.testing import reference_vit_block
 
 D, DEPTH, HEADS = 192, 2, 3  # ViT-Tiny width (3 heads, as the importer assumes for 192)
 DD, DDEPTH, DHEADS = 64, 2, 16  # decoder: the official decoder always has 16 heads
@@ -59,16 +60,7 @@ def random_official_state(seed: int = 0, decoder: bool = True) -> dict:
     return sd
 
 
-def ref_block(x, sd, pre, heads):
-    b, t, d = x.shape
-    h = F.layer_norm(x, (d,), sd[pre + "norm1.weight"], sd[pre + "norm1.bias"], eps=1e-6)
-    qkv = F.linear(h, sd[pre + "attn.qkv.weight"], sd[pre + "attn.qkv.bias"]).reshape(b, t, 3, heads, d // heads)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4)
-    attn = (q @ k.transpose(-2, -1) * (d // heads) ** -0.5).softmax(-1)
-    x = x + F.linear((attn @ v).transpose(1, 2).reshape(b, t, d), sd[pre + "attn.proj.weight"], sd[pre + "attn.proj.bias"])
-    h = F.layer_norm(x, (d,), sd[pre + "norm2.weight"], sd[pre + "norm2.bias"], eps=1e-6)
-    h = F.linear(F.gelu(F.linear(h, sd[pre + "mlp.fc1.weight"], sd[pre + "mlp.fc1.bias"])), sd[pre + "mlp.fc2.weight"], sd[pre + "mlp.fc2.bias"])
-    return x + h
+ref_block = reference_vit_block  # plain torch, timm/official key names
 
 
 def ref_mae(sd, imgs, noise, ratio=0.75, norm_pix=True):

@@ -18,6 +18,7 @@ import yaml
 
 import mimkit
 from mimkit.plugin_api import ConfigError
+from mimkit.testing import reference_vit_block
 from mimkit_maskfeat import convert_official
 
 D, DEPTH, HEADS, C, S, P = 64, 2, 2, 3, 64, 16  # heads from the file's cfg (not D // 64 = 1)
@@ -65,17 +66,8 @@ def ref_hog(x: torch.Tensor, nbins: int = 9, pool: int = 8) -> torch.Tensor:
     return F.normalize(out, p=2, dim=2)
 
 
-def ref_block(x: torch.Tensor, sd: dict, pre: str, heads: int) -> torch.Tensor:
-    """MultiScaleBlock + MultiScaleAttention with no pooling, no rel-pos, no residual pooling."""
-    b, n, d = x.shape
-    h = F.layer_norm(x, (d,), sd[pre + "norm1.weight"], sd[pre + "norm1.bias"], eps=1e-6)
-    qkv = F.linear(h, sd[pre + "attn.qkv.weight"], sd[pre + "attn.qkv.bias"]).reshape(b, n, 3, heads, -1)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4)
-    attn = ((q * (d // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
-    x = x + F.linear((attn @ v).transpose(1, 2).reshape(b, n, d), sd[pre + "attn.proj.weight"], sd[pre + "attn.proj.bias"])
-    h = F.layer_norm(x, (d,), sd[pre + "norm2.weight"], sd[pre + "norm2.bias"], eps=1e-6)
-    return x + F.linear(F.gelu(F.linear(h, sd[pre + "mlp.fc1.weight"], sd[pre + "mlp.fc1.bias"])),
-                        sd[pre + "mlp.fc2.weight"], sd[pre + "mlp.fc2.bias"])
+# MultiScaleBlock + MultiScaleAttention with no pooling, no rel-pos, no residual pooling: a pre-norm ViT block
+ref_block = reference_vit_block
 
 
 def ref_maskfeat(sd: dict, x: torch.Tensor, mask: torch.Tensor, heads: int = HEADS):
