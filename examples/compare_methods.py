@@ -505,6 +505,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
     p.add_argument("--all-methods", action="store_true", help="also the EXCLUDED methods that have a tiny Fashion-MNIST preset (ttt)")
     p.add_argument("--retry-errors", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="compute nothing: the table, README section and plot from the results already in --out")
     p.add_argument("--quick", action="store_true", help="tiny budget and eval subsets: a smoke test")
     args = p.parse_args(argv)
     if args.quick:
@@ -528,10 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
     t0 = time.perf_counter()
-    for m in methods:
+    for m in methods if not args.report_only else []:
         for s in args.seeds:
             run_method(m, s, args, log)
-    res = load_results(args.out)
+    res = {m: kept for m, by_seed in load_results(args.out).items()  # only the seeds asked for
+           if (kept := {s: r for s, r in by_seed.items() if s in args.seeds})}
     md = table(res, [m for m in methods if m in res])
     full = args.budget >= 240_000 and args.limit_train is None and args.limit_test is None and len(args.seeds) >= 3
     scale = "SMOKE-SCALE (--quick)" if args.quick else ("full" if full else "REDUCED (budget, seeds or eval subsets)")

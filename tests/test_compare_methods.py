@@ -140,3 +140,11 @@ def test_quick_run_writes_results_and_resumes(tmp_path, monkeypatch):
     assert log and all(line.startswith("skip") for line in log)
     assert {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")} == mtimes
     assert readme.read_text().count(cm.BEGIN) == 1
+
+    # --report-only computes nothing, even for a seed without results; the table keeps the seeds asked for
+    assert cm.main(["--quick", "--methods", "mae", "supmae", "random", "--seeds", "0", "1", "--out", str(out), "--readme", str(readme), "--report-only"]) == 0
+    assert not (out / "results" / "mae" / "seed1").exists()
+    assert {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")} == mtimes
+    assert (out / "log.txt").read_text().strip() == ""
+    assert cm.main(["--quick", "--methods", "mae", "supmae", "random", "--seeds", "1", "--out", str(out), "--readme", str(readme), "--report-only"]) == 0
+    assert not [ln for ln in readme.read_text().splitlines() if ln.startswith("| mae")]
