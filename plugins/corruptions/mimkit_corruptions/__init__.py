@@ -1,7 +1,7 @@
 """Corrupted test sets (Hendrycks & Dietterich's 15 corruptions x 5 severities) for mimkit."""
-from .corruptions import CORRUPTIONS, FAMILIES, SEVERITIES, corrupt
+from .corruptions import CORRUPTIONS, corrupt
 from .datasets import Corrupted, FashionMNISTC, image_seeds
-from .names import check_corruption, check_severity, parse_corruptions, parse_severities
+from .names import FAMILIES, SEVERITIES, check_corruption, check_severity, parse_corruptions, parse_severities
 from .protocol import accuracy, draw_grid, format_table, shifted_dataset, sweep, test_spec
 
 __all__ = ["CORRUPTIONS", "FAMILIES", "SEVERITIES", "corrupt", "Corrupted", "FashionMNISTC", "image_seeds",

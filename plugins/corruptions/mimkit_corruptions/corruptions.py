@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .names import ALLOWED_NAMES, check_corruption, check_severity
+
 Gens = Sequence[torch.Generator]
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -351,20 +353,12 @@ CORRUPTIONS: dict[str, Callable[[torch.Tensor, int, Gens], torch.Tensor]] = {
     "brightness": brightness, "contrast": contrast, "elastic_transform": elastic_transform,
     "pixelate": pixelate, "jpeg_compression": jpeg_compression,
 }
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
-    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
-    "weather": ("snow", "frost", "fog"),
-    "digital": ("brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression"),
-}
-SEVERITIES = (1, 2, 3, 4, 5)
+assert tuple(CORRUPTIONS) == ALLOWED_NAMES  # one list of names, in the benchmark's order
 
 
 def corrupt(x: torch.Tensor, name: str, severity: int, seeds: Sequence[int]) -> torch.Tensor:
     """Corrupt a batch (B, C, H, W) in [0, 1] with corruption ``name`` at ``severity`` (1-5);
     image ``i`` draws its randomness from ``seeds[i]`` only. Returns float in [0, 1]."""
-    from .names import check_corruption, check_severity
-
     fn = CORRUPTIONS[check_corruption(name)]
     severity = check_severity(severity)
     if len(seeds) != x.shape[0]:

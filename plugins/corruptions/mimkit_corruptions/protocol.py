@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mimkit.plugin_api import MimkitError, component, load_source, registry, pyplot, save_figure
 
-from .corruptions import FAMILIES, corrupt
+from .corruptions import corrupt
+from .names import FAMILIES
 from .datasets import image_seeds
 from .names import parse_corruptions, parse_severities
 
