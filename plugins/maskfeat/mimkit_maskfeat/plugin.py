@@ -9,6 +9,7 @@ from .cube import CubeMasker
 from .decoder import LinearDecoder
 from .hog import HOGTarget
 from .masking import BlockMasker
+from .mvit import MViTVideoEncoder
 from .vit import MaskFeatViTEncoder
 
 MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
@@ -27,7 +28,7 @@ def mimkit_maskers():
 
 @hookimpl
 def mimkit_encoders():
-    return {"maskfeat_vit": MaskFeatViTEncoder}
+    return {"maskfeat_vit": MaskFeatViTEncoder, "mvit_video": MViTVideoEncoder}
 
 
 @hookimpl

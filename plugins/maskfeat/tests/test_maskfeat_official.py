@@ -5,7 +5,7 @@ patch (``x * (1 - m) + mask_token * m``, [CLS], + ``pos_embed``, the blocks, the
 [CLS] dropped, hidden tokens, linear), ``MultiScaleBlock``/``MultiScaleAttention`` without pooling
 (pre-norm, fused qkv, LayerNorm eps 1e-6), ``HOGLayerC`` + ``_get_hog_label_2d`` (the target) and
 ``MultipleMSELoss`` (one MSE). Random weights are saved in the official layout; nothing is
-downloaded. The MViTv2 video files cannot be imported: a clear ConfigError names them.
+downloaded. The MViTv2 video files: tests/test_maskfeat_mvit.py.
 """
 from __future__ import annotations
 
@@ -166,29 +166,6 @@ def test_separate_qkv_is_fused_in_q_k_v_order() -> None:
             sep |= {f"blocks.{i}.attn.q.{part}": q, f"blocks.{i}.attn.k.{part}": k, f"blocks.{i}.attn.v.{part}": v}
     a, b = convert_official(sd), convert_official({"model_state": sep})
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def mvitv2_state() -> dict[str, torch.Tensor]:
-    """The keys that make a SlowFast MViTv2-S MaskFeat file (k400_MVITv2_S_16x4_MaskFeat_PT.yaml):
-    Conv3d 3x7x7 stem, pooled q/k/v with their norms, relative positions, a width change."""
-    z = torch.zeros
-    sd = {"cls_token": z(1, 1, 8), "patch_embed.proj.weight": z(8, 3, 3, 7, 7), "patch_embed.proj.bias": z(8),
-          "mask_token": z(1, 1, 8), "pred_head.transforms.0.0.weight": z(16), "pred_head.transforms.0.0.bias": z(16),
-          "pred_head.projections.0.weight": z(108, 16), "pred_head.projections.0.bias": z(108)}
-    for i, d in ((0, 8), (1, 16)):
-        pre = f"blocks.{i}."
-        sd |= {pre + "norm1.weight": z(d), pre + "attn.qkv.weight": z(3 * d, d), pre + "attn.pool_k.weight": z(1, 1, 3, 3, 3),
-               pre + "attn.norm_k.weight": z(8), pre + "attn.rel_pos_h": z(27, 8), pre + "attn.rel_pos_t": z(15, 8)}
-    sd["blocks.0.proj.weight"] = z(16, 8)
-    return sd
-
-
-def test_an_mvitv2_file_is_refused_naming_its_architecture(tmp_path) -> None:
-    path = tmp_path / "k400_MVIT_S_MaskFeat_PT_epoch_00300.pyth"
-    torch.save({"epoch": 300, "model_state": mvitv2_state(), "optimizer_state": {}, "cfg": "MVIT: {DEPTH: 16}\n"}, path)
-    with pytest.raises(ConfigError, match=r"MViTv2 \(2 blocks, patch embedding \(8, 3, 3, 7, 7\)\) with pooling "
-                                          r"attention.*relative positions.*stage.*no MViTv2 encoder"):
-        mimkit.load(path)
 
 
 @pytest.mark.parametrize("change, why", [
