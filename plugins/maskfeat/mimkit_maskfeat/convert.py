@@ -281,13 +281,25 @@ _SF_MVIT = {"EMBED_DIM": 96, "NUM_HEADS": 1, "DEPTH": 16, "MLP_RATIO": 4.0, "QKV
             "LAYER_SCALE_INIT_VALUE": 0.0, "USE_FIXED_SINCOS_POS": False, "DROPPATH_RATE": 0.1}
 
 
+def _literal(v: Any) -> Any:
+    """A cfg value; a string such as "(3, 7, 7)" (how the MViTv2-L config writes its stem) parsed."""
+    if isinstance(v, str) and v.strip()[:1] in "([":
+        import ast
+
+        try:
+            return list(ast.literal_eval(v))
+        except (ValueError, SyntaxError):
+            return v
+    return v
+
+
 def recipe_for_mvit(state: Mapping[str, torch.Tensor], cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """The recipe of a video MViTv2 MaskFeat file: the schedule, the input and the mask from
     its ``cfg``; the stem's width and kernel checked against the weights."""
     if not cfg or not isinstance(cfg.get("MVIT"), Mapping):
         raise ConfigError("SlowFast MaskFeat checkpoint: a video MViTv2 state without the file's cfg (MVIT strides, "
                           "heads, pooling schedule are not in the weights): load the .pyth file itself")
-    m = {**_SF_MVIT, **cfg["MVIT"]}
+    m = {k: _literal(v) for k, v in {**_SF_MVIT, **cfg["MVIT"]}.items()}
     mask, data, aug = cfg.get("MASK") or {}, cfg.get("DATA") or {}, cfg.get("AUG") or {}
     bad = [f"MVIT.{k} {m[k]!r} (mvit_video: {want!r})" for k, want in (
         ("MODE", "conv"), ("POOL_FIRST", False), ("PATCH_2D", False), ("NORM", "layernorm"), ("NORM_STEM", False),

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mimkit.plugin_api import BuildEnv, ConfigError, Mask, one_of
 
@@ -327,6 +328,7 @@ class MViTVideoEncoder(nn.Module):
         img_size: int = attrs.field(default=224, metadata={"follows": "img_size"})
         num_frames: int = attrs.field(default=16, metadata={"follows": "num_frames"})
         in_chans: int = 3
+        grad_checkpointing: bool = False  # MODEL.ACT_CHECKPOINT: recompute each block in the backward pass
         # every position goes through the encoder, hidden ones as the [MASK] token (MaskFeat)
         mode: str = attrs.field(default="with_mask_token", validator=one_of("with_mask_token"))
 
@@ -463,7 +465,10 @@ class MViTVideoEncoder(nn.Module):
         layers = []
         x = tokens
         for blk in self.blocks:
-            x, thw = blk(x, thw)
+            if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x, thw = checkpoint(blk, x, thw, use_reentrant=False)
+            else:
+                x, thw = blk(x, thw)
             if return_layers:
                 layers.append(x)
         x = self.norm(x)

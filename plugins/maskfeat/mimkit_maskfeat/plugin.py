@@ -1,5 +1,5 @@
-"""mimkit-maskfeat's hook implementations: the ``hog`` target, ``block`` masker, ``linear``
-decoder, the MaskFeat presets and the SlowFast checkpoint importer."""
+"""mimkit-maskfeat's hook implementations: the ``hog`` target, ``block`` and ``cube`` maskers, ``linear``
+decoder, ``maskfeat_vit`` and ``mvit_video`` encoders, the MaskFeat presets and the SlowFast checkpoint importer."""
 from __future__ import annotations
 
 from mimkit.plugin_api import hookimpl, package_presets

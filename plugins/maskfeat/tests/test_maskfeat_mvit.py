@@ -274,6 +274,28 @@ def test_paper_preset_is_mvitv2_s() -> None:
     assert [b.attn.pool_k.stride for b in enc.blocks[:4]] == [(1, 8, 8), (1, 4, 4), (1, 4, 4), (1, 2, 2)]
     assert [b.attn.rel_pos_h.shape[0] for b in enc.blocks[:4]] == [111, 55, 55, 27]
     assert model.target.dim == 108 and model.masker.window == (8, 7, 7) and model.masker.num_mask == 157
+    # SlowFast's MaskFeat README: MViT-S 36M, MViT-L 218M parameters (with a 400-way classifier, which the
+    # pretraining model has not: + 768 * 400 + 400 and + 1152 * 400 + 400)
+    assert round((sum(p.numel() for p in enc.parameters()) + 768 * 401) / 1e6) == 36
+
+
+def test_mvitv2_l_cfg_gives_the_l_schedule() -> None:
+    """The importer's recipe for a k400_MVITv2_L_16x4_MaskFeat_PT cfg (stem written "(3, 7, 7)"), on meta."""
+    q = [[i, 1, 2, 2] if i in (2, 8) else [i, 1, 1, 1] for i in range(48)]
+    mul = [[2, 2.0], [8, 2.0], [44, 2.0]]
+    cfg = {"MVIT": {"EMBED_DIM": 144, "NUM_HEADS": 2, "DEPTH": 48, "PATCH_KERNEL": "(3, 7, 7)", "PATCH_STRIDE": "(2, 4, 4)",
+                    "PATCH_PADDING": "(1, 3, 3)", "DIM_MUL": mul, "HEAD_MUL": mul, "POOL_Q_STRIDE": q,
+                    "POOL_KV_STRIDE_ADAPTIVE": [1, 8, 8], "POOL_KVQ_KERNEL": [3, 3, 3], "USE_ABS_POS": False,
+                    "SEP_POS_EMBED": True, "REL_POS_SPATIAL": True, "REL_POS_TEMPORAL": True, "RESIDUAL_POOLING": True},
+           "MASK": {"PRETRAIN_DEPTH": [47], "PRED_HOG": True}, "AUG": {"MASK_RATIO": 0.4},
+           "DATA": {"NUM_FRAMES": 16, "TRAIN_CROP_SIZE": 224}}
+    from mimkit_maskfeat import recipe_for_mvit
+    recipe = recipe_for_mvit({"patch_embed.proj.weight": torch.empty(144, 3, 3, 7, 7, device="meta")}, cfg)
+    with torch.device("meta"):
+        model = mimkit.build(recipe)
+    enc = model.encoder
+    assert (enc.grid, enc.embed_dim, len(enc.blocks), enc.blocks[-1].attn.num_heads) == ((8, 14, 14), 1152, 48, 16)
+    assert round((sum(p.numel() for p in enc.parameters()) + 1152 * 401) / 1e6) == 218
 
 
 def test_tiny_mvit_preset_component_and_training(tmp_path) -> None:
