@@ -302,3 +302,17 @@ def test_tiny_mvit_preset_component_and_training(tmp_path) -> None:
     check_component("maskfeat_mvit_tiny_moving_fmnist", "model.encoder")
     check_preset_trains("maskfeat_mvit_tiny_moving_fmnist", tmp_path, steps=6, overrides=tiny_overrides(
         "maskfeat_mvit_tiny_moving_fmnist", limit=64, batch_size=8))
+
+
+def test_grad_checkpointing_gives_the_same_gradients() -> None:
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = mimkit.build({"method": "maskfeat_mvit_tiny_moving_fmnist",
+                              "model": {"encoder": {"grad_checkpointing": ckpt}}}).train()
+        x = torch.randn(2, 1, 8, 32, 32, generator=torch.Generator().manual_seed(3))
+        hidden = torch.zeros(2, 64, dtype=torch.bool)
+        hidden[:, ::3] = True
+        model({"video": x}, mask=hidden).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.encoder.parameters()]))
+    assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], atol=1e-7, rtol=0)
