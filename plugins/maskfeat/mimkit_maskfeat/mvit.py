@@ -366,8 +366,9 @@ class MViTVideoEncoder(nn.Module):
         if any(a % b for a, b in zip(stem, grid)):
             raise ConfigError(f"model.encoder: the prediction grid {grid} does not divide the stem grid {list(stem)}")
         for spec in specs:
-            if spec.dim % spec.heads or (spec.dim_out if c.dim_mul_in_att else spec.dim) % spec.heads:
-                raise ConfigError(f"model.encoder: width {spec.dim} is not divisible by {spec.heads} heads")
+            att = spec.dim_out if c.dim_mul_in_att else spec.dim
+            if att % spec.heads:
+                raise ConfigError(f"model.encoder: the attention width {att} is not divisible by {spec.heads} heads")
         d0 = c.embed_dim
         self.stem_grid: tuple[int, int, int] = stem
         self.grid: tuple[int, int, int] = tuple(grid)

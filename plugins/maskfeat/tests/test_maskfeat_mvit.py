@@ -53,12 +53,16 @@ def cfg_yaml(**mvit) -> str:
         "MODEL": {"MODEL_NAME": "MaskMViT", "ARCH": "maskmvit"}})
 
 
-def official_state(seed: int = 0) -> dict[str, torch.Tensor]:
+def official_state(seed: int = 0, cls: bool = True, abs_pos: bool = False) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g) * 0.1  # noqa: E731
     d0 = MVIT["EMBED_DIM"]
     sobel = torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]]).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
-    sd = {"cls_token": r(1, 1, d0), "mask_token": r(1, 1, d0), "patch_embed.proj.weight": r(d0, C, 3, 7, 7),
+    sd = {"cls_token": r(1, 1, d0)} if cls else {}
+    if abs_pos:  # SEP_POS_EMBED tables
+        sd |= {"pos_embed_spatial": r(1, STEM[1] * STEM[2], d0), "pos_embed_temporal": r(1, STEM[0], d0)}
+        sd |= {"pos_embed_class": r(1, 1, d0)} if cls else {}
+    sd |= {"mask_token": r(1, 1, d0), "patch_embed.proj.weight": r(d0, C, 3, 7, 7),
           "patch_embed.proj.bias": r(d0), "hogs.0.weight_x": sobel, "hogs.0.weight_y": sobel.transpose(2, 3),
           "pred_head.transforms.0.0.weight": 1 + r(128), "pred_head.transforms.0.0.bias": r(128),
           "pred_head.projections.0.weight": r(OUT, 128), "pred_head.projections.0.bias": r(OUT)}
@@ -80,9 +84,9 @@ def official_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 # -- the reference, from SlowFast's formulas --------------------------------------------------------------
 
-def ref_pool(t, thw, sd, pre, stride):
+def ref_pool(t, thw, sd, pre, stride, sp):
     """attention_pool with conv pooling: [CLS] out, depthwise Conv3d per head, [CLS] back, LayerNorm."""
-    cls, t = t[:, :, :1], t[:, :, 1:]
+    cls, t = t[:, :, :sp], t[:, :, sp:]
     b, nh, _, hd = t.shape
     g = t.reshape(b * nh, *thw, hd).permute(0, 4, 1, 2, 3)
     g = F.conv3d(g, sd[pre.replace("X", "pool") + ".weight"], stride=stride, padding=1, groups=hd)
@@ -103,47 +107,47 @@ def ref_dist(q, k):
     return (torch.arange(q)[:, None] * qr - torch.arange(k)[None, :] * kr + (k - 1) * kr).long()
 
 
-def ref_rel_pos(attn, q, q_shape, k_shape, rh, rw, rt):
+def ref_rel_pos(attn, q, q_shape, k_shape, rh, rw, rt, sp):
     """cal_rel_pos_spatial then cal_rel_pos_temporal (in place on the patch-token block of attn)."""
     (qt, qh, qw), (kt, kh, kw) = q_shape, k_shape
     b, nh, _, dim = q.shape
     Rh = ref_get_rel_pos(rh, 2 * max(qh, kh) - 1)[ref_dist(qh, kh)]
     Rw = ref_get_rel_pos(rw, 2 * max(qw, kw) - 1)[ref_dist(qw, kw)]
-    r_q = q[:, :, 1:].reshape(b, nh, qt, qh, qw, dim)
+    r_q = q[:, :, sp:].reshape(b, nh, qt, qh, qw, dim)
     rel_h = torch.einsum("bythwc,hkc->bythwk", r_q, Rh)
     rel_w = torch.einsum("bythwc,wkc->bythwk", r_q, Rw)
-    attn[:, :, 1:, 1:] = (attn[:, :, 1:, 1:].view(b, -1, qt, qh, qw, kt, kh, kw)
+    attn[:, :, sp:, sp:] = (attn[:, :, sp:, sp:].view(b, -1, qt, qh, qw, kt, kh, kw)
                           + rel_h[:, :, :, :, :, None, :, None] + rel_w[:, :, :, :, :, None, None, :]
                           ).view(b, -1, qt * qh * qw, kt * kh * kw)
     Rt = ref_get_rel_pos(rt, 2 * max(qt, kt) - 1)[ref_dist(qt, kt)]
     r_q = r_q.permute(2, 0, 1, 3, 4, 5).reshape(qt, b * nh * qh * qw, dim)
     rel = torch.matmul(r_q, Rt.transpose(1, 2)).transpose(0, 1).view(b, nh, qh, qw, qt, kt).permute(0, 1, 4, 2, 3, 5)
-    attn[:, :, 1:, 1:] = (attn[:, :, 1:, 1:].view(b, -1, qt, qh, qw, kt, kh, kw)
+    attn[:, :, sp:, sp:] = (attn[:, :, sp:, sp:].view(b, -1, qt, qh, qw, kt, kh, kw)
                           + rel[:, :, :, :, :, :, None, None]).view(b, -1, qt * qh * qw, kt * kh * kw)
     return attn
 
 
-def ref_block(x, thw, sd, i):
+def ref_block(x, thw, sd, i, sp):
     d, do, nh, sq, skv, _, _ = BLOCKS[i]
     p = f"blocks.{i}."
     b, n, _ = x.shape
     xn = F.layer_norm(x, (d,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], eps=1e-6)
     qkv = F.linear(xn, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"]).reshape(b, n, 3, nh, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
-    q, q_shape = ref_pool(q, thw, sd, p + "attn.X_q", sq)
-    k, k_shape = ref_pool(k, thw, sd, p + "attn.X_k", skv)
-    v, _ = ref_pool(v, thw, sd, p + "attn.X_v", skv)
+    q, q_shape = ref_pool(q, thw, sd, p + "attn.X_q", sq, sp)
+    k, k_shape = ref_pool(k, thw, sd, p + "attn.X_k", skv, sp)
+    v, _ = ref_pool(v, thw, sd, p + "attn.X_v", skv, sp)
     attn = (q * (d // nh) ** -0.5) @ k.transpose(-2, -1)
     attn = ref_rel_pos(attn, q, q_shape, k_shape, sd[p + "attn.rel_pos_h"], sd[p + "attn.rel_pos_w"],
-                       sd[p + "attn.rel_pos_t"])
+                       sd[p + "attn.rel_pos_t"], sp)
     o = attn.softmax(dim=-1) @ v
-    o[:, :, 1:, :] += q[:, :, 1:, :]  # residual pooling
+    o[:, :, sp:, :] += q[:, :, sp:, :]  # residual pooling
     o = F.linear(o.transpose(1, 2).reshape(b, -1, d), sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
     if math.prod(sq) > 1:  # pool_skip: MaxPool3d, kernel s + 1 where s > 1, padding kernel // 2
         kern = [s + 1 if s > 1 else s for s in sq]
-        g = x[:, 1:].reshape(b, *thw, d).permute(0, 4, 1, 2, 3)
+        g = x[:, sp:].reshape(b, *thw, d).permute(0, 4, 1, 2, 3)
         g = F.max_pool3d(g, kern, sq, [k_ // 2 for k_ in kern])
-        x = torch.cat((x[:, :1], g.reshape(b, d, -1).transpose(1, 2)), dim=1)
+        x = torch.cat((x[:, :sp], g.reshape(b, d, -1).transpose(1, 2)), dim=1)
     x = x + o
     xn = F.layer_norm(x, (d,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps=1e-6)
     mlp = F.linear(F.gelu(F.linear(xn, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])),
@@ -181,12 +185,18 @@ def ref_maskfeat(sd, x, window_mask):
     t = t.flatten(2).transpose(1, 2)
     m = F.interpolate(window_mask, size=STEM[1:]).flatten(1).unsqueeze(-1)
     t = t * (1 - m) + sd["mask_token"].expand(b, t.shape[1], -1) * m
-    t = torch.cat((sd["cls_token"].expand(b, -1, -1), t), dim=1)
+    sp = int("cls_token" in sd)
+    if sp:
+        t = torch.cat((sd["cls_token"].expand(b, -1, -1), t), dim=1)
+    if "pos_embed_spatial" in sd:  # SEP_POS_EMBED: spatial table repeated over time + temporal table per step
+        pos = sd["pos_embed_spatial"].repeat(1, STEM[0], 1) + torch.repeat_interleave(
+            sd["pos_embed_temporal"], STEM[1] * STEM[2], dim=1)
+        t = t + (torch.cat([sd["pos_embed_class"], pos], 1) if sp else pos)
     thw = list(STEM)
     for i in range(len(BLOCKS)):
-        t, thw = ref_block(t, thw, sd, i)
+        t, thw = ref_block(t, thw, sd, i, sp)
     y = F.layer_norm(t, (128,), sd["pred_head.transforms.0.0.weight"], sd["pred_head.transforms.0.0.bias"], eps=1e-6)
-    pred = F.linear(y[:, 1:][hidden], sd["pred_head.projections.0.weight"], sd["pred_head.projections.0.bias"])
+    pred = F.linear(y[:, sp:][hidden], sd["pred_head.projections.0.weight"], sd["pred_head.projections.0.bias"])
     return t, pred, label, F.mse_loss(pred, label), hidden
 
 
@@ -204,6 +214,23 @@ def _window_mask() -> torch.Tensor:
     w[0, 0, 0, 1] = w[0, 1, :, 0] = 1  # 3 units (12 tokens)
     w[1, 1, 1, 1] = 1  # 1 unit: the counts differ, as MaskingGenerator3D's may
     return w
+
+
+@pytest.mark.parametrize("cls, abs_pos", [(False, False), (True, True), (False, True)])
+def test_other_mvit_options_match_the_reference(tmp_path, cls, abs_pos) -> None:
+    """CLS_EMBED_ON False (no [CLS]: pooling, rel-pos, residual pooling and the head on every token)
+    and USE_ABS_POS with SEP_POS_EMBED tables (space repeated over time + time per step [+ class])."""
+    sd = official_state(4, cls=cls, abs_pos=abs_pos)
+    torch.save({"epoch": 1, "model_state": sd, "cfg": cfg_yaml(CLS_EMBED_ON=cls, USE_ABS_POS=abs_pos)}, tmp_path / "o.pyth")
+    model = mimkit.load(tmp_path / "o.pyth")
+    assert model.encoder.num_prefix_tokens == int(cls)
+    x = torch.randn(2, C, T, S, S, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        block_out, pred, _, loss, hidden = ref_maskfeat(sd, x, _window_mask())
+        out = model({"video": x}, mask=hidden)
+        _, layers = model.encoder.encode(model.encoder.embed(x, out.mask), out.mask, return_layers=True)
+    assert (layers[-1] - block_out).abs().max() <= 1e-5
+    assert (out.pred[hidden] - pred).abs().max() <= 1e-6 and abs(float(out.loss) - float(loss)) <= 1e-6
 
 
 def test_round_width_matches_slowfast() -> None:
