@@ -3,6 +3,7 @@
     views v in {global crop 1, global crop 2}  (B, C, H, W) each
     teacher (EMA of encoder + head, core ``ema`` teacher) on every unmasked view
         -> teacher_cls_attn (B, N) -> attention_guided masker -> mask_v (B, N)
+           (or iBOT's own ibot_block / ibot_rand masks, drawn per crop in the loader)
         -> head(teacher_latent) -> CLS logits (B, K), patch logits (B, N, K)
     student: encoder (mode with_mask_token) on the masked view -> head -> same shapes
     loss = l1 * mean_{q != v} CE(teacher_cls[q], student_cls[v])          (DINO [CLS] term)
@@ -107,9 +108,11 @@ class IBOTLoss(nn.Module):
     def __init__(self, out_dim: int, student_temp: float = 0.1, teacher_temp: float = 0.07,
                  warmup_teacher_temp: float = 0.04, warmup_epochs: float = 30.0,
                  patch_teacher_temp: float = 0.07, warmup_patch_teacher_temp: float = 0.04,
-                 center_momentum: float = 0.9, lambda1: float = 1.0, lambda2: float = 1.0):
+                 center_momentum: float = 0.9, lambda1: float = 1.0, lambda2: float = 1.0,
+                 mim_start_epoch: int = 0):
         super().__init__()
         self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.mim_start_epoch = int(mim_start_epoch)
         self.cls_temp = (warmup_teacher_temp, teacher_temp)
         self.patch_temp = (warmup_patch_teacher_temp, patch_teacher_temp)
         self.warmup_epochs, self.lambda1, self.lambda2 = warmup_epochs, lambda1, lambda2
@@ -117,8 +120,12 @@ class IBOTLoss(nn.Module):
         self.register_buffer("center2", torch.zeros(1, 1, out_dim))  # (1, 1, K) patches
 
     def temperatures(self, epoch: float) -> tuple[float, float]:
-        return (teacher_temp_at(epoch, *self.cls_temp, self.warmup_epochs),
-                teacher_temp_at(epoch, *self.patch_temp, self.warmup_epochs))
+        """The [CLS] and patch teacher temperatures. With ``mim_start_epoch`` s > 0 the patch
+        table is the official shifted one: the warm-up value before s, then the warm-up from s."""
+        s = self.mim_start_epoch
+        patch = (self.patch_temp[0] if int(epoch) < s else
+                 teacher_temp_at(epoch - s, *self.patch_temp, self.warmup_epochs))
+        return teacher_temp_at(epoch, *self.cls_temp, self.warmup_epochs), patch
 
     def teacher_probs(self, t_cls: torch.Tensor, t_patch: torch.Tensor, epoch: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Center and sharpen: softmax((logits - center) / T_teacher)."""
@@ -216,7 +223,8 @@ class _ViewMasker(Masker):
 
 
 class IBOTModel(MethodModel):
-    """iBOT self-distillation with a pluggable masker (AttMask: ``attention_guided``).
+    """iBOT self-distillation with a pluggable masker (iBOT: ``ibot_block`` / ``ibot_rand``;
+    AttMask: ``attention_guided``).
 
     Built from the registry: ``encoder`` (mode with_mask_token), ``masker``, and the core
     ``ema`` teacher copying the encoder and the head (``copy: [encoder, head]``).
@@ -247,6 +255,9 @@ class IBOTModel(MethodModel):
         center_momentum: float = 0.9
         lambda1: float = 1.0
         lambda2: float = 1.0
+        # official iBOTLoss(mim_start_epoch=pred_start_epoch): the patch temperature warm-up starts
+        # there; None = the masker's pred_start_epoch (ibot_block/ibot_rand), else 0
+        mim_start_epoch: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(0)))
 
     def __init__(self, config: "IBOTModel.Config", env: BuildEnv):
         super().__init__()
@@ -257,9 +268,13 @@ class IBOTModel(MethodModel):
         self.head = IBOTHead(self.encoder.embed_dim, config.out_dim, config.hidden_dim, config.bottleneck_dim,
                              config.head_layers, config.norm_last_layer, config.shared_head)
         self.masker = _ViewMasker(env.build("maskers", config.masker, "model.masker"), len(config.views))
+        mim_start = config.mim_start_epoch
+        if mim_start is None:
+            mim_start = getattr(getattr(self.masker.inner, "config", None), "pred_start_epoch", 0)
         self.ibot_loss = IBOTLoss(config.out_dim, config.student_temp, config.teacher_temp, config.warmup_teacher_temp,
                                   config.warmup_teacher_temp_epochs, config.patch_teacher_temp,
-                                  config.warmup_patch_teacher_temp, config.center_momentum, config.lambda1, config.lambda2)
+                                  config.warmup_patch_teacher_temp, config.center_momentum, config.lambda1, config.lambda2,
+                                  mim_start)
         self.teacher = env.build("teachers", config.teacher, "model.teacher", student=self)
         if "head" not in getattr(self.teacher, "paths", ["head"]):
             raise ConfigError("model.teacher.copy: the iBOT teacher must copy the head too: [encoder, head]")
@@ -287,7 +302,7 @@ class IBOTModel(MethodModel):
         ctx.teacher = t_out
         if mask is not None:
             hidden_all = torch.cat(list(mask)) if isinstance(mask, (list, tuple)) else mask
-            masks_all = self.masker.inner(batch, hidden_all.to(x_all.device).bool(), ctx)
+            masks_all = mask_from_hidden(hidden_all.to(x_all.device).bool())  # as given, whatever the masker
         else:
             noises = self.masker.split(step_noise(self.masker, batch, ctx, noise, b, x_all.device))[:nv]
             # one call on all global crops: one ratio (and hint count) per batch, shared by the crops

@@ -1,4 +1,5 @@
-"""mimkit-attmask's hook implementations: the ``attention_guided`` masker, the ``ibot`` model
+"""mimkit-attmask's hook implementations: the ``attention_guided`` masker, iBOT's own
+``ibot_block``/``ibot_rand`` maskers, the ``ibot`` model
 (AttMask's distillation objective), the importer of official iBOT/AttMask checkpoints and the
 AttMask presets."""
 from __future__ import annotations
@@ -7,6 +8,7 @@ from mimkit.plugin_api import hookimpl, package_presets
 
 from .convert import import_official
 from .ibot import IBOTModel
+from .ibot_masking import IBOTBlockMasker, IBOTRandMasker
 from .masking import AttentionGuidedMasker
 
 MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked at load)
@@ -14,7 +16,7 @@ MIMKIT_API = 2  # the hook API this plugin was written for (a literal, checked a
 
 @hookimpl
 def mimkit_maskers():
-    return {"attention_guided": AttentionGuidedMasker}
+    return {"attention_guided": AttentionGuidedMasker, "ibot_block": IBOTBlockMasker, "ibot_rand": IBOTRandMasker}
 
 
 @hookimpl
