@@ -346,7 +346,27 @@ def recipe_for(parts_or_obj: Any) -> dict[str, Any]:
             if isinstance(ratio, (int, float)) and isinstance(var, (int, float)):
                 masker["ratio_range"] = [round(float(ratio - var), 6), round(float(ratio + var), 6)]
             model["masker"] = masker
+        elif shape in IBOT_SHAPES:  # iBOT's own masks (loader.py ImageFolderMask), same names
+            ratio, var = _arg(args, "pred_ratio", 0.3), _arg(args, "pred_ratio_var", 0.0)
+            masker = {"name": f"ibot_{shape}", "pred_ratio": _ratios(ratio), "pred_ratio_var": _ratios(var),
+                      "pred_start_epoch": int(_arg(args, "pred_start_epoch", 0))}
+            if shape == "block":  # main_ibot.py passes (0.3, 1/0.3); no argument for it
+                masker["pred_aspect_ratio"] = [float(a) for a in _arg(args, "pred_aspect_ratio", (0.3, 1 / 0.3))]
+            model["masker"] = masker
+            model["teacher"]["attention"] = False  # these masks do not read the teacher's attention
     return {"model": model}
+
+
+#: ``--pred_shape`` values with a mimkit masker of their own (``ibot_block`` / ``ibot_rand``).
+IBOT_SHAPES = ("block", "rand")
+
+
+def _ratios(value: Any) -> float | list[float]:
+    """``--pred_ratio`` / ``--pred_ratio_var`` (``nargs='+'``: a list, or the float default) as
+    the masker takes them; a one-element list is its value, as ``ImageFolderMask`` reads it."""
+    if isinstance(value, (list, tuple)):
+        return float(value[0]) if len(value) == 1 else [float(v) for v in value]
+    return float(value)
 
 
 def import_official(obj: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], bool] | None:
@@ -366,8 +386,9 @@ def import_official(obj: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         same = "" if parts["layout"] == "full" else "student and teacher get the same weights; "
         warnings.warn(f"{kind} iBOT/AttMask checkpoint: {same}not in the file, so left at their initialization: "
                       + ", ".join(missing), stacklevel=2)
-    shape = str(_arg(parts.get("args"), "pred_shape", "attmask_hint"))
-    if not shape.startswith("attmask_"):
-        warnings.warn(f"iBOT's {shape!r} masks are not implemented in mimkit-attmask: the imported model masks "
-                      "with AttMask's attention_guided masker (features and heads are unaffected)", stacklevel=2)
+    shape = _arg(parts.get("args"), "pred_shape", None)
+    if "masker" not in recipe["model"] and parts.get("args") is not None:
+        warnings.warn(f"--pred_shape {shape!r} has no mimkit masker (known: block, rand, attmask_high/low/hint): "
+                      "the imported model masks with AttMask's attention_guided masker if trained on "
+                      "(features and heads are unaffected)", stacklevel=2)
     return recipe, state, False

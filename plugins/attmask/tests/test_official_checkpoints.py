@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import mimkit
 from mimkit.errors import CheckpointError
 from mimkit.testing import reference_vit_block
+from mimkit.types import Context
 from mimkit_attmask import convert_official
 from mimkit_attmask.convert import import_official
 
@@ -68,14 +69,20 @@ def network(backbone: dict, head: dict, prefix: str = "") -> dict[str, torch.Ten
     return {**{f"{prefix}backbone.{k}": v for k, v in backbone.items()}, **{f"{prefix}head.{k}": v for k, v in head.items()}}
 
 
-def full_checkpoint(shared_student: bool = True, seed: int = 0) -> dict:
-    """main_ibot.py's save_dict: DDP student (module.), plain teacher (shared_head_teacher)."""
+def full_checkpoint(shared_student: bool = True, seed: int = 0, **args_edit) -> dict:
+    """main_ibot.py's save_dict: DDP student (module.), plain teacher (shared_head_teacher);
+    ``args_edit`` changes / adds / (None) removes fields of its ``args``."""
     g = torch.Generator().manual_seed(seed + 99)
     args = argparse.Namespace(arch="vit_tiny", patch_size=P, out_dim=K, shared_head=shared_student, norm_last_layer=False,
                               teacher_temp=0.07, warmup_teacher_temp=0.04, teacher_patch_temp=0.07,
                               warmup_teacher_patch_temp=0.04, warmup_teacher_temp_epochs=30, lambda1=1.0, lambda2=1.0,
                               momentum_teacher=0.996, freeze_last_layer=1, drop_path=0.1, pred_shape="attmask_hint",
                               pred_ratio=[0.3], pred_ratio_var=[0.2], masking_prob=0.5, show_max=0.1)
+    for k, v in args_edit.items():
+        if v is None:
+            delattr(args, k)
+        else:
+            setattr(args, k, v)
     return {"student": network(official_backbone(seed, True), official_head(seed + 1, shared_student), "module."),
             "teacher": network(official_backbone(seed + 2, False), official_head(seed + 3, True)),
             "optimizer": {"state": {}, "param_groups": []}, "epoch": 3, "args": args,
@@ -322,3 +329,50 @@ def test_separate_patch_prototypes_train_and_follow_the_official_head() -> None:
     head.zero_grad(set_to_none=True)
     (head(torch.randn(2, 5, 192)) ** 2).sum().backward()
     assert head.last_v.grad is None and head.last_v2.grad is None and head.mlp[0].weight.grad is not None
+
+
+IBOT_ARGS = {"masking_prob": None, "show_max": None}  # main_ibot.py has no AttMask arguments
+
+
+@pytest.mark.parametrize("shape, ratio, var, start, expect", [
+    ("block", [0.0, 0.3], [0.0, 0.2], 0, ([0.0, 0.3], [0.0, 0.2])),  # the ViT-S/16 run command
+    ("block", 0.3, 0, 2, (0.3, 0.0)),  # the argparse defaults (floats when not passed), a start epoch
+    ("rand", [0.3], [0.1], 0, (0.3, 0.1)),  # one-element lists are scalars (ImageFolderMask)
+])
+def test_ibot_files_train_on_with_their_own_masks(tmp_path, recwarn, shape, ratio, var, start, expect) -> None:
+    """An iBOT file's --pred_shape block|rand picks ibot_block|ibot_rand with its ratio, variance
+    and start epoch (the patch-temperature table shifts with it); no fallback warning."""
+    path = tmp_path / "checkpoint.pth"
+    torch.save(full_checkpoint(pred_shape=shape, pred_ratio=ratio, pred_ratio_var=var, pred_start_epoch=start,
+                               **IBOT_ARGS), path)
+    model = mimkit.load(path)
+    assert not [w for w in recwarn if "masker" in str(w.message)], [str(w.message) for w in recwarn]
+    spec = model.recipe.model["masker"]
+    assert spec["name"] == f"ibot_{shape}"
+    assert (spec["pred_ratio"], spec["pred_ratio_var"], spec["pred_start_epoch"]) == (*expect, start)
+    masker = model.masker.inner
+    assert type(masker).__name__ == ("IBOTBlockMasker" if shape == "block" else "IBOTRandMasker")
+    if shape == "block":
+        assert masker.config.pred_aspect_ratio == pytest.approx((0.3, 1 / 0.3))
+    assert model.ibot_loss.mim_start_epoch == start
+    assert model.ibot_loss.temperatures(0)[1] == 0.04 and model.teacher.config.attention is False
+    # it trains on: one step with the loader-side masks of its own masker
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = images(seed=1), images(seed=2)
+    noise = torch.stack([model.masker.sample_noise(g) for _ in range(x1.shape[0])])  # (B, 2N) bool
+    batch = {"image": x1, "image_target": x2, "mask_noise": noise}
+    if start:  # before pred_start_epoch: nothing hidden, no masked-patch term (official ratio 0)
+        out = model(batch, Context(epoch=start - 1))
+        assert not any(bool(m.hidden.any()) for m in out.extra["masks"]) and float(out.losses["patch"]) == 0.0
+    out = model(batch, Context(epoch=start))
+    hidden = torch.cat([m.hidden for m in out.extra["masks"]])
+    assert torch.equal(hidden, torch.cat(list(noise.chunk(2, dim=1))))  # the maps reach the student as drawn
+    assert torch.isfinite(out.loss)
+
+
+def test_unknown_pred_shape_falls_back_with_a_warning(tmp_path) -> None:
+    path = tmp_path / "checkpoint.pth"
+    torch.save(full_checkpoint(pred_shape="grid", **IBOT_ARGS), path)
+    with pytest.warns(UserWarning, match="--pred_shape 'grid' has no mimkit masker"):
+        model = mimkit.load(path)
+    assert "masker" not in model.recipe.model and type(model.masker.inner).__name__ == "AttentionGuidedMasker"
