@@ -28,19 +28,19 @@ def explicit_mask(hidden: torch.Tensor, encoder: nn.Module, masker: nn.Module | 
     Hugging Face's ``bool_masked_pos``), for a model's ``forward(batch, mask=...)``. A
     visible-only encoder needs the same hidden count in every row (it batches the kept tokens);
     a ``with_mask_token`` encoder takes rows that differ. A masker whose masks are not token maps
-    (``token_masks = False``) refuses it."""
+    (``token_masks = False``) refuses it. Errors are ``ConfigError`` (a ``ValueError``)."""
     if masker is not None and not getattr(masker, "token_masks", True):
-        raise ValueError(f"the masker ({type(masker).__name__}) corrupts the input instead of hiding tokens: an "
+        raise ConfigError(f"the masker ({type(masker).__name__}) corrupts the input instead of hiding tokens: an "
                          "explicit token mask does not apply (pass noise)")
     n = getattr(masker, "num_tokens", None) or math.prod(encoder.grid)
     if hidden.dtype != torch.bool or tuple(hidden.shape) != (batch_size, n):
-        raise ValueError(f"mask must be a boolean (B, N) = ({batch_size}, {n}) map (True = hidden), "
+        raise ConfigError(f"mask must be a boolean (B, N) = ({batch_size}, {n}) map (True = hidden), "
                          f"got {hidden.dtype} {tuple(hidden.shape)}")
     mode = getattr(getattr(encoder, "config", None), "mode", "visible_only")
     if mode == "visible_only":
         counts = hidden.sum(1)
         if bool((counts != counts[0]).any()):
-            raise ValueError(f"mask: the visible-only encoder needs the same number of hidden tokens in every "
+            raise ConfigError(f"mask: the visible-only encoder needs the same number of hidden tokens in every "
                              f"row (it batches the kept ones); got {counts.tolist()}")
     return Mask.from_hidden(hidden, equal_counts=mode == "visible_only")
 

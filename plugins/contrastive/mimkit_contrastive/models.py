@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from mimkit.plugin_api import (
-    BuildEnv, ConfigError, Context, gather_tokens, Mask, Masker, MethodModel, one_of, Outputs, step_noise,
+    BuildEnv, ConfigError, Context, explicit_mask, gather_tokens, Mask, Masker, MethodModel, one_of, Outputs,
+    step_noise,
 )
 
 from .infonce import MLP, MLPConfig, pool_tokens
@@ -188,9 +189,8 @@ class MACRL(MethodModel):
         spec = {"name": "infonce", "dim": p.out_dim, **config.infonce}
         self.nce = BuildEnv(registry=env.registry).build("losses", spec, "model.infonce")
 
-    def _branch(self, x: torch.Tensor, masker: nn.Module, decoder: nn.Module, noise: torch.Tensor,
-                key: str, ctx: Context) -> tuple[Mask, torch.Tensor, torch.Tensor]:
-        mask = masker({key: x}, noise, ctx)
+    def _branch(self, x: torch.Tensor, mask: Mask, decoder: nn.Module,
+                ctx: Context) -> tuple[Mask, torch.Tensor, torch.Tensor]:
         latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1+K, D)
         pred = decoder(latent, mask, ctx)  # (B, N, p*p*C) or (B, N_hidden, ...)
         target = self.target({self.target.input_key: x}, mask, ctx)  # (B, N, p*p*C)
@@ -201,14 +201,48 @@ class MACRL(MethodModel):
             rec = _hidden_mean((pred - target).abs().mean(-1), mask)
         return mask, latent, rec
 
-    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
+    def explicit_masks(self, mask: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...], batch_size: int,
+                       device: torch.device) -> tuple[Mask, Mask]:
+        """The two branches' Masks of an explicit ``mask``: a pair ``[hidden_high, hidden_low]`` of
+        boolean (B, N) maps (True = hidden), one per view as the two maskers draw them, or one
+        (B, N) map for both views. Each map needs the same hidden count in every row (the
+        encoder is visible-only); the two maps may hide different counts."""
+        if isinstance(mask, (list, tuple)):
+            if len(mask) != 2:
+                raise ConfigError(f"mask: MACRL takes one (B, N) map for both views or a pair [high-ratio view "
+                                  f"({self.config.strong_key}), low-ratio view ({self.config.weak_key})]; "
+                                  f"got a list of {len(mask)}")
+            maps = list(mask)
+        else:
+            maps = [mask, mask]
+        masks = []
+        for i, (m, masker, what) in enumerate(zip(maps, (self.masker.a, self.masker.b), ("high", "low"))):
+            if not isinstance(m, torch.Tensor):
+                raise ConfigError(f"mask[{i}] ({what}-ratio view): a boolean (B, N) tensor, got {type(m).__name__}")
+            try:
+                masks.append(explicit_mask(m.to(device), self.encoder, masker, batch_size))
+            except ValueError as e:
+                raise ConfigError(f"mask[{i}] ({what}-ratio view): {e}") from None
+        return masks[0], masks[1]
+
+    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None,
+                mask: torch.Tensor | list[torch.Tensor] | None = None) -> Outputs:
+        """One step. ``mask``: explicit masks (True = hidden) overriding the maskers and ``noise``:
+        ``[hidden_high, hidden_low]``, one (B, N) map per view, or one (B, N) map for both."""
         ctx = ctx if ctx is not None else Context()
         c = self.config
         xa = batch[c.strong_key]
         xb = batch[c.weak_key] if c.weak_key in batch else xa
-        na, nb = self.masker.split(step_noise(self.masker, batch, ctx, noise, xa.shape[0], xa.device))
-        mask_a, lat_a, rec_a = self._branch(xa, self.masker.a, self.decoder, na, c.strong_key, ctx)
-        mask_b, lat_b, rec_b = self._branch(xb, self.masker.b, self.decoder_low, nb, c.strong_key, ctx)
+        if mask is not None:
+            if noise is not None:
+                raise ConfigError("MACRL: pass either noise or mask, not both (the noise only draws the masks)")
+            mask_a, mask_b = self.explicit_masks(mask, xa.shape[0], xa.device)
+        else:
+            na, nb = self.masker.split(step_noise(self.masker, batch, ctx, noise, xa.shape[0], xa.device))
+            mask_a = self.masker.a({c.strong_key: xa}, na, ctx)
+            mask_b = self.masker.b({c.strong_key: xb}, nb, ctx)
+        mask_a, lat_a, rec_a = self._branch(xa, mask_a, self.decoder, ctx)
+        mask_b, lat_b, rec_b = self._branch(xb, mask_b, self.decoder_low, ctx)
         npfx = self.encoder.num_prefix_tokens
         za = self.projector(pool_tokens(lat_a, c.pool, npfx))  # (B, 256)
         zb = self.projector(pool_tokens(lat_b, c.pool, npfx))

@@ -328,12 +328,35 @@ class IGPT(MethodModel):
     def palette(self) -> Palette:
         return self.encoder.palette
 
-    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
+    def explicit_hidden(self, mask: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """The BERT objective's explicit mask: a boolean (B, L) map over the pixel sequence (True =
+        hidden, L = n_px * n_px); rows may hide different counts (the loss is a per-image mean)."""
+        if self.masker is None:
+            raise ConfigError("mask: model.objective=ar has no mask (it predicts every pixel from the ones before "
+                              "it); an explicit mask needs model.objective=bert")
+        n = self.encoder.seq_len
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (batch_size, n):
+            got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ConfigError(f"mask must be a boolean (B, L) = ({batch_size}, {n}) map over the pixel sequence "
+                              f"(True = hidden, L = model.n_px^2), got {got}")
+        return mask
+
+    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> Outputs:
+        """One step. ``mask`` (BERT only): an explicit boolean (B, L) map over the pixel sequence,
+        True = hidden, in place of the Bernoulli draw from ``noise``."""
         ctx = ctx if ctx is not None else Context()
         enc = self.encoder
+        if mask is not None and noise is not None:
+            raise ConfigError("iGPT: pass either noise or mask, not both (the noise only draws the BERT mask)")
+        if mask is not None:
+            x = batch[self.input_key]
+            mask = self.explicit_hidden(mask, x.shape[0]).to(x.device)
         tokens = enc.tokenize(batch[self.input_key])  # (B, L)
         hidden = None
-        if self.masker is not None:
+        if mask is not None:
+            hidden = mask
+        elif self.masker is not None:
             hidden = self.masker(step_noise(self.masker, batch, ctx, noise, tokens.shape[0], tokens.device))  # (B, L)
         h = enc.hidden_states(enc.embed(tokens, hidden))[-1]  # (B, L, D)
         logits = enc.logits(h)  # (B, L, K)

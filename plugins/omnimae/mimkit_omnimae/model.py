@@ -172,9 +172,15 @@ class OmniMAE(MethodModel):
             x = blk(x)
         return self.head(self.decoder_norm(x))  # (B, N, 1536)
 
-    def forward_group(self, x: torch.Tensor, noise: torch.Tensor, ratio: float) -> tuple[torch.Tensor, Outputs]:
+    def forward_group(self, x: torch.Tensor, noise: torch.Tensor | None, ratio: float,
+                      hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, Outputs]:
+        """One modality group (same frame count): its mask from ``noise`` and ``ratio``, or the
+        explicit (B_g, N_g) map ``hidden`` (True = hidden, the same count in every row)."""
         tokens = self.tokens(x)
-        mask = self.mask_for(noise[:, : tokens.shape[1]], ratio)
+        if hidden is not None:
+            mask = Mask.from_hidden(hidden[:, : tokens.shape[1]])
+        else:
+            mask = self.mask_for(noise[:, : tokens.shape[1]], ratio)
         h = gather_tokens(tokens, mask.ids_keep)
         for blk in self.blocks:
             h = blk(h)
@@ -188,7 +194,37 @@ class OmniMAE(MethodModel):
 
     # -- the step -------------------------------------------------------------------------------
 
-    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None) -> Outputs:
+    def check_mask(self, hidden: torch.Tensor, frames: torch.Tensor, n_batch: int) -> torch.Tensor:
+        """An explicit mask: a boolean (B, N) map, True = hidden, over the batch's token layout
+        (N = the tokens of the batch's input, or the model's video layout ``num_patches``, as the
+        noise); a sample uses its first T_i/2 * (H/p)(W/p) entries (an image: the first temporal
+        slice) and must hide nothing past them. Rows of one frame count (one group of the
+        visible-only encoder) hide the same number of tokens."""
+        b = frames.shape[0]
+        widths = sorted({n_batch, self.num_patches})
+        if not isinstance(hidden, torch.Tensor) or hidden.dtype != torch.bool or hidden.ndim != 2 \
+                or hidden.shape[0] != b or hidden.shape[1] not in widths:
+            got = f"{hidden.dtype} {tuple(hidden.shape)}" if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+            raise ConfigError(f"mask must be a boolean (B, N) map (True = hidden) with B = {b} and N in {widths} "
+                              f"(the batch's tokens or the video layout's), got {got}")
+        own = (frames.to(hidden.device) // self.patch[0]) * self.spatial  # (B,) each sample's token count
+        beyond = torch.arange(hidden.shape[1], device=hidden.device) >= own[:, None]
+        if bool((hidden & beyond).any()):
+            rows = (hidden & beyond).any(1).nonzero().flatten().tolist()
+            raise ConfigError(f"mask: rows {rows} hide tokens past their sample's own (frames {frames[rows].tolist()} "
+                              f"-> {own[rows].tolist()} tokens)")
+        for f in sorted(set(frames.tolist())):
+            counts = hidden[frames.to(hidden.device) == f].sum(1)
+            if bool((counts != counts[0]).any()):
+                raise ConfigError(f"mask: the visible-only encoder needs the same number of hidden tokens in every row "
+                                  f"of a modality group; the {f}-frame samples hide {counts.tolist()}")
+        return hidden
+
+    def forward(self, batch: dict, ctx: Context | None = None, noise: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> Outputs:
+        """One step. ``mask``: an explicit boolean (B, N) map (True = hidden) over the batch's
+        tokens, overriding ``noise`` and the ratios (see :meth:`check_mask`); ``out.extra["hidden"]``
+        is the step's map in that form, over the batch's tokens."""
         x = batch[self.input_key]
         if x.ndim == 4:  # a plain image batch
             x = pad_im2video(x, self.config.image_frames)
@@ -197,22 +233,31 @@ class OmniMAE(MethodModel):
         if frames is None:
             frames = torch.full((b,), x.shape[2], dtype=torch.long)
         frames = torch.as_tensor(frames)
-        if noise is None:
+        n_batch = (x.shape[2] // self.patch[0]) * self.spatial
+        if mask is not None:
+            if noise is not None:
+                raise ConfigError("OmniMAE: pass either noise or mask, not both (the noise only draws the mask)")
+            mask = self.check_mask(mask.to(x.device) if isinstance(mask, torch.Tensor) else mask, frames, n_batch)
+        if noise is None and mask is None:
             noise = batch.get("mask_noise")
-        if noise is None:
+        if noise is None and mask is None:
             g = ctx.generator if ctx is not None else None
             noise = torch.stack([self.masker.sample_noise(g) if g is not None else torch.rand(self.num_patches)
                                  for _ in range(b)]).to(x.device)
         total, out = None, Outputs(losses={})
+        step_hidden = torch.zeros(b, n_batch, dtype=torch.bool, device=x.device)
         for f in sorted(set(frames.tolist())):
             idx = (frames == f).nonzero().flatten().to(x.device)
             xg = x[idx, :, :f]
             ratio = self.config.image_ratio if f <= self.config.image_frames else self.config.video_ratio
-            loss, sub = self.forward_group(xg, noise[idx], ratio)
+            loss, sub = self.forward_group(xg, None if noise is None else noise[idx], ratio,
+                                           None if mask is None else mask[idx])
             term = loss * (len(idx) / b)
             total = term if total is None else total + term
             kind = "image" if f <= self.config.image_frames else "video"
             out.extra[kind] = sub
+            step_hidden[idx, : sub.mask.num_tokens] = sub.mask.hidden
+        out.extra["hidden"] = step_hidden
         out.loss = total
         out.losses["rec"] = total
         return out
