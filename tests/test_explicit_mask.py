@@ -40,13 +40,13 @@ def test_explicit_mask_is_checked() -> None:
     batch = {"image": torch.randn(2, 1, 32, 32)}
     hidden = torch.zeros(2, 64, dtype=torch.bool)
     hidden[0, :48], hidden[1, :40] = True, True
-    with pytest.raises(ValueError, match=r"visible-only encoder needs the same number of hidden tokens.*\[48, 40\]"):
+    with pytest.raises(ConfigError, match=r"visible-only encoder needs the same number of hidden tokens.*\[48, 40\]"):
         model(batch, mask=hidden)
-    with pytest.raises(ValueError, match=r"boolean \(B, N\) = \(2, 64\)"):
+    with pytest.raises(ConfigError, match=r"boolean \(B, N\) = \(2, 64\)"):
         model(batch, mask=hidden[:, :10])
-    with pytest.raises(ValueError, match="boolean"):
+    with pytest.raises(ConfigError, match="boolean"):
         model(batch, mask=hidden.float())
-    with pytest.raises(ValueError, match="either noise or mask"):
+    with pytest.raises(ConfigError, match="either noise or mask"):
         model(batch, mask=hidden, noise=torch.rand(2, 64))
 
 

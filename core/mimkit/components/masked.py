@@ -87,7 +87,7 @@ class MaskedModel(MethodModel):
         if mask is None:
             return super().make_mask(batch, ctx, noise)
         if noise is not None:
-            raise ValueError("pass either noise or mask, not both")
+            raise ConfigError("pass either noise or mask, not both")
         x = batch[self.input_key]
         return explicit_mask(mask.to(x.device), self.encoder, self.masker, x.shape[0])
 
