@@ -138,7 +138,9 @@ class CMAE(MethodModel):
             t = ctx.teacher["teacher_latent"]
             k = self.teacher.copies["projector"](pool_tokens(t, "mean", self.encoder.num_prefix_tokens))  # (B, 256)
         if mask is not None:
-            mask = Mask.from_hidden(mask.to(x.device))
+            if noise is not None:
+                raise ConfigError("CMAE: pass either noise or mask, not both (the noise only draws the mask)")
+            mask = explicit_mask(mask.to(x.device), self.encoder, self.masker, x.shape[0])  # checks shape/counts
         else:
             mask = self.make_mask(batch, ctx, noise)
         latent = self.encoder.encode(self.encoder.embed(x, mask), mask)  # (B, 1+K, D)

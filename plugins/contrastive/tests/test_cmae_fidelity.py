@@ -15,6 +15,7 @@ from torch import nn
 import mimkit
 from mimkit.api import build_dataset
 from mimkit.config import resolve
+from mimkit.errors import ConfigError
 from mimkit.types import Context
 from mimkit_contrastive.masking import BlockMasker
 
@@ -178,3 +179,11 @@ def test_cmae_explicit_mask_equals_the_noise_mask(tiny_cmae) -> None:
     assert int(a.mask.hidden.sum()) == 2 * 44
     torch.testing.assert_close(a.loss, b.loss)
     torch.testing.assert_close(a.pred, b.pred)
+    uneven = a.mask.hidden.clone()
+    uneven[1, int(uneven[1].nonzero()[0])] = False
+    with pytest.raises(ConfigError, match=r"same number of hidden tokens.*\[44, 43\]"):
+        m(batch, mask=uneven)
+    with pytest.raises(ConfigError, match=r"boolean \(B, N\) = \(2, 64\)"):
+        m(batch, mask=a.mask.hidden[:, :10])
+    with pytest.raises(ConfigError, match="either noise or mask"):
+        m(batch, mask=a.mask.hidden, noise=noise)
