@@ -292,7 +292,7 @@ def jobs(method: str, seed: int, args: argparse.Namespace) -> list[tuple[str, Ca
 
         def ft(pre, common=common, f=f):
             src, init = source_of(method, seed, args, pre)
-            epochs = args.ft_epochs[0 if f < 0.05 else 1]
+            epochs = ft_epochs(args, f)
             return ev.finetune(src, init=init, epochs=epochs, blr=args.ft_blr, mixup=0.0, cutmix=0.0,
                                warmup_epochs=max(1, epochs // 10) if epochs > 1 else 0.5, **common)
 
@@ -487,6 +487,21 @@ def plot(res: dict, path: Path, stem: str = "linprobe_frac0.1", methods: list[st
 # ---------------------------------------------------------------------------------------------
 
 
+FULL_POOL = 60_000  # Fashion-MNIST's training set: the pool the --ft-epochs are meant for
+
+
+def ft_epochs(args: argparse.Namespace, fraction: float) -> int:
+    """Fine-tuning epochs at a label fraction: ``--ft-epochs`` are for the full 60,000-image pool; a
+    smaller ``--limit-train`` pool scales them up by 60000 / pool, so that fine-tuning takes about
+    the same number of steps (at pool 10,000 and 1%, 30 epochs of 100 images would be 30 steps of
+    batch 64, near chance for every method)."""
+    epochs = args.ft_epochs[0 if fraction < 0.05 else 1]
+    if args.quick:
+        return epochs  # a smoke test: as few steps as it takes
+    pool = min(args.limit_train or FULL_POOL, FULL_POOL)
+    return max(1, round(epochs * FULL_POOL / pool))
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=None, help="default: every installed method + random")
@@ -497,7 +512,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit-train", type=int, default=None, help="labelled pool: the first N training items")
     p.add_argument("--limit-test", type=int, default=None)
     p.add_argument("--lp-epochs", type=int, default=90)
-    p.add_argument("--ft-epochs", type=int, nargs=2, default=[30, 5], help="fine-tuning epochs at 1%% and 10%%")
+    p.add_argument("--ft-epochs", type=int, nargs=2, default=[30, 5], help="fine-tuning epochs at 1%% and 10%% of the full 60,000-image pool (scaled up for a smaller --limit-train)")
     p.add_argument("--ft-blr", type=float, default=5e-3)
     p.add_argument("--occlusion-images", type=int, default=512)
     p.add_argument("--plot", type=Path, default=None, help="the PNG (default OUT/compare.png)")
@@ -533,8 +548,11 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods if not args.report_only else []:
         for s in args.seeds:
             run_method(m, s, args, log)
-    res = {m: kept for m, by_seed in load_results(args.out).items()  # only the seeds asked for
-           if (kept := {s: r for s, r in by_seed.items() if s in args.seeds})}
+    def asked(stem: str) -> bool:  # pretraining, or a protocol of --protocols
+        return stem == "pretrain" or stem.removeprefix("randarch_").split("_frac")[0] in args.protocols
+
+    res = {m: kept for m, by_seed in load_results(args.out).items()  # only the seeds and protocols asked for
+           if (kept := {s: {k: v for k, v in r.items() if asked(k)} for s, r in by_seed.items() if s in args.seeds})}
     md = table(res, [m for m in methods if m in res])
     full = args.budget >= 240_000 and args.limit_train is None and args.limit_test is None and len(args.seeds) >= 3
     scale = "SMOKE-SCALE (--quick)" if args.quick else ("full" if full else "REDUCED (budget, seeds or eval subsets)")

@@ -148,3 +148,13 @@ def test_quick_run_writes_results_and_resumes(tmp_path, monkeypatch):
     assert (out / "log.txt").read_text().strip() == ""
     assert cm.main(["--quick", "--methods", "mae", "supmae", "random", "--seeds", "1", "--out", str(out), "--readme", str(readme), "--report-only"]) == 0
     assert not [ln for ln in readme.read_text().splitlines() if ln.startswith("| mae")]
+
+
+def test_fine_tuning_epochs_keep_the_full_pools_steps_on_a_smaller_pool():
+    cm = _module()
+    full = cm.parse(["--ft-epochs", "30", "5"])
+    assert (cm.ft_epochs(full, 0.01), cm.ft_epochs(full, 0.1)) == (30, 5)
+    small = cm.parse(["--ft-epochs", "30", "5", "--limit-train", "10000"])
+    assert (cm.ft_epochs(small, 0.01), cm.ft_epochs(small, 0.1)) == (180, 30)  # x 60000 / 10000
+    assert cm.ft_epochs(cm.parse(["--quick"]), 0.01) == 1  # the smoke test stays a smoke test
+
