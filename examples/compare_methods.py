@@ -219,6 +219,10 @@ def pretrain(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     with PeakRSS() as mem:
         run = mimkit.train({"method": preset}, overrides=overrides, overwrite=True)
     seconds = time.perf_counter() - t0
+    status = json.loads((Path(run) / "result.json").read_text())
+    if status.get("status") != "finished":  # stopped by a signal: record nothing, stop the sitting
+        raise SystemExit(f"[compare] pretraining {name} stopped at step {status.get('step')} of {steps} "
+                         f"({status.get('status')}); nothing recorded, the next sitting redoes it")
     model = ev.load_source(run)
     return {"protocol": "pretrain", "method": method, "preset": preset, "seed": seed, "run": str(run),
             "images_seen": steps * batch, "budget_images": args.budget, "steps": steps, "batch_size": batch,
@@ -335,7 +339,9 @@ def run_one(path: Path, fn: Callable[[], dict], args: argparse.Namespace, log: l
         rec = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         print(f"[compare]   FAILED: {rec['error']}", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rec, indent=1, default=str))
+    tmp = path.with_suffix(".json.tmp")  # a record is whole or absent, even if the sitting is killed
+    tmp.write_text(json.dumps(rec, indent=1, default=str))
+    os.replace(tmp, path)
     return rec
 
 

@@ -158,3 +158,20 @@ def test_fine_tuning_epochs_keep_the_full_pools_steps_on_a_smaller_pool():
     assert (cm.ft_epochs(small, 0.01), cm.ft_epochs(small, 0.1)) == (180, 30)  # x 60000 / 10000
     assert cm.ft_epochs(cm.parse(["--quick"]), 0.01) == 1  # the smoke test stays a smoke test
 
+
+def test_a_pretraining_stopped_by_a_signal_records_nothing(tmp_path, monkeypatch):
+    cm = _module()
+    pytest.importorskip("mimkit_mae")
+
+    def preempted(recipe, overrides, overwrite):  # what mimkit.train leaves after SIGTERM at step 1
+        run = tmp_path / "runs" / "mae_seed0"
+        run.mkdir(parents=True)
+        (run / "result.json").write_text(json.dumps({"status": "preempted", "step": 1}))
+        return run
+
+    monkeypatch.setattr(cm.mimkit, "train", preempted)
+    args = cm.parse(["--quick", "--methods", "mae", "--seeds", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="stopped at step 1 of 2 .preempted."):
+        cm.run_method("mae", 0, args, [])
+    assert not list((tmp_path / "results").rglob("*.json"))
+
