@@ -46,15 +46,11 @@ def heldout_loss(run: Path, images: int) -> tuple[float, float]:
 def pixel_error(model, x: torch.Tensor, out, std: float) -> float:
     """MSE in [0, 1] pixel units over the hidden pixels of the central 28x28 content."""
     from mimkit.geometry import patchify, unpatchify
+    from mimkit.plugin_api import pixel_predictions
 
     enc, mask = model.encoder, out.mask
     patch, grid = enc.patch[1:], enc.grid[1:]
-    pred = out.pred.float()
-    if out.pred_scope == "masked":
-        full = torch.zeros(x.shape[0], mask.num_tokens, pred.shape[-1])
-        full.scatter_(1, mask.ids_hidden.unsqueeze(-1).expand_as(pred), pred)
-        pred = full
-    pred = model.target.to_pixels(pred, x) if hasattr(model.target, "to_pixels") else pred
+    pred = pixel_predictions(model, out, x)
     hidden = mask.hidden.unsqueeze(-1).expand(-1, -1, pred.shape[-1]).float()
     rec = unpatchify(pred, patch, grid, enc.in_chans)  # (B, C, H, W), normalized units
     hid = unpatchify(hidden, patch, grid, enc.in_chans)

@@ -30,6 +30,7 @@ from .evaluation import (
 )
 from .components.targets import PixelTarget
 from .components.teachers import EMATeacher, FrozenTeacher, cls_attention, encoder_outputs
+from .components.visualizers import pixel_predictions
 from .components.vit import ViTEncoder, require_visible_only_vit
 from .geometry import (
     gather_tokens, grid_shape, normalize_patches, num_keep_for, patch_stats, patchify, restore_tokens, sincos_1d,
@@ -61,7 +62,7 @@ __all__ = [
     # built-in components plugins extend or reuse
     "ViTEncoder", "require_visible_only_vit", "PixelTarget", "EMATeacher", "FrozenTeacher", "cls_attention", "encoder_outputs",
     # pictures
-    "pyplot", "save_figure",
+    "pyplot", "save_figure", "pixel_predictions",
     # data
     "SeededDataset", "FashionMNIST", "ImageFolder", "seed_for", "IMAGENET_MEAN", "IMAGENET_STD",
     "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_CLASSES",

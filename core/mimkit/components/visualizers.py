@@ -12,6 +12,19 @@ from ..types import Context
 from ..viz import pyplot, save_figure
 
 
+
+def pixel_predictions(model: Any, out: Any, x: torch.Tensor) -> torch.Tensor:
+    """The model's prediction for every token in the input's (normalized) pixel units, (B, N, values):
+    hidden-only predictions are scattered back to their tokens (zeros elsewhere) and a target
+    that normalizes per patch is undone (``target.to_pixels``)."""
+    pred, mask = out.pred.float(), out.mask
+    if out.pred_scope == "masked":
+        full = torch.zeros(pred.shape[0], mask.num_tokens, pred.shape[-1], device=pred.device)
+        full.scatter_(1, mask.ids_hidden.unsqueeze(-1).expand_as(pred), pred)
+        pred = full
+    target = model.target
+    return target.to_pixels(pred, x) if hasattr(target, "to_pixels") else pred
+
 class ReconstructionGrid:
     """original | masked | reconstruction (visible patches pasted back), one row per image.
 
@@ -38,12 +51,7 @@ class ReconstructionGrid:
         model.train(model_was_training)
         enc, target, mask = model.encoder, model.target, out.mask
         patch = enc.patch[1:]
-        pred = out.pred.float()
-        if out.pred_scope == "masked":  # scatter hidden-token predictions back to all tokens
-            full = torch.zeros(x.shape[0], mask.num_tokens, pred.shape[-1], device=pred.device)
-            full.scatter_(1, mask.ids_hidden.unsqueeze(-1).expand_as(pred), pred)
-            pred = full
-        pred = target.to_pixels(pred, x) if hasattr(target, "to_pixels") else pred
+        pred = pixel_predictions(model, out, x)
         orig = patchify(x.float(), patch)
         hidden = mask.hidden.unsqueeze(-1)
         masked = torch.where(hidden, torch.full_like(orig, float("nan")), orig)

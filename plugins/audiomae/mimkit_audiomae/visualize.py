@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import attrs
 import torch
 
-from mimkit.plugin_api import Context, patchify, pyplot, save_figure, unpatchify
+from mimkit.plugin_api import Context, patchify, pixel_predictions, pyplot, save_figure, unpatchify
 
 
 class SpectrogramGrid:
@@ -39,12 +39,7 @@ class SpectrogramGrid:
         model.train(was_training)
         enc, mask = model.encoder, out.mask
         patch, grid = enc.patch[1:], enc.grid[1:]
-        pred = out.pred.float()
-        if out.pred_scope == "masked":
-            full = torch.zeros(x.shape[0], mask.num_tokens, pred.shape[-1])
-            full.scatter_(1, mask.ids_hidden.unsqueeze(-1).expand_as(pred), pred)
-            pred = full
-        pred = model.target.to_pixels(pred, x) if hasattr(model.target, "to_pixels") else pred
+        pred = pixel_predictions(model, out, x)
         orig = patchify(x, patch)
         hidden = mask.hidden.unsqueeze(-1)
         cols = [orig, torch.where(hidden, torch.full_like(orig, float("nan")), orig), torch.where(hidden, pred, orig)]

@@ -24,6 +24,7 @@ import mimkit
 from mimkit.plugin_api import ConfigError
 from mimkit.testing import check_component, check_preset_trains, tiny_overrides
 from mimkit_maskfeat import round_width
+from slowfast_hog import ref_hog
 
 C, T, S = 3, 4, 32  # RGB clips of 4 frames of 32x32
 STEM = (2, 8, 8)  # Conv3d 3x7x7, stride 2x4x4, padding 1x3x3
@@ -157,18 +158,6 @@ def ref_block(x, thw, sd, i, sp):
     return x + mlp, q_shape
 
 
-def ref_hog(x, nbins=9, pool=8):
-    """HOGLayerC.forward: (N, 3, H, W) -> (N, 3, nbins, H/pool, W/pool)."""
-    wx = torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]]).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
-    x = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    gx, gy = F.conv2d(x, wx, groups=3), F.conv2d(x, wx.transpose(2, 3), groups=3)
-    mag = torch.stack([gx, gy], -1).norm(dim=-1)
-    phase = torch.atan2(gx, gy) / math.pi * nbins
-    b, c, h, w = mag.shape
-    out = torch.zeros(b, c, nbins, h, w).scatter_add_(2, phase.floor().long().view(b, c, 1, h, w) % nbins,
-                                                       mag.view(b, c, 1, h, w))
-    out = out.unfold(3, pool, pool).unfold(4, pool, pool).sum(dim=[-1, -2])
-    return F.normalize(out, p=2, dim=2)
 
 
 def ref_maskfeat(sd, x, window_mask):

@@ -9,8 +9,6 @@ downloaded. The MViTv2 video files: tests/test_maskfeat_mvit.py.
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,6 +17,7 @@ import yaml
 import mimkit
 from mimkit.plugin_api import ConfigError
 from mimkit.testing import reference_vit_block
+from slowfast_hog import ref_hog
 from mimkit_maskfeat import convert_official
 
 D, DEPTH, HEADS, C, S, P = 64, 2, 2, 3, 64, 16  # heads from the file's cfg (not D // 64 = 1)
@@ -52,18 +51,6 @@ def official_state(seed: int = 0) -> dict[str, torch.Tensor]:
     return sd
 
 
-def ref_hog(x: torch.Tensor, nbins: int = 9, pool: int = 8) -> torch.Tensor:
-    """HOGLayerC.forward: (B, 3, H, W) -> (B, 3, nbins, H/pool, W/pool)."""
-    wx = torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]]).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
-    x = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    gx, gy = F.conv2d(x, wx, groups=3), F.conv2d(x, wx.transpose(2, 3), groups=3)
-    mag = torch.stack([gx, gy], -1).norm(dim=-1)
-    phase = torch.atan2(gx, gy) / math.pi * nbins
-    b, c, h, w = mag.shape
-    out = torch.zeros(b, c, nbins, h, w).scatter_add_(2, phase.floor().long().view(b, c, 1, h, w) % nbins,
-                                                       mag.view(b, c, 1, h, w))
-    out = out.unfold(3, pool, pool).unfold(4, pool, pool).sum(dim=[-1, -2])
-    return F.normalize(out, p=2, dim=2)
 
 
 # MultiScaleBlock + MultiScaleAttention with no pooling, no rel-pos, no residual pooling: a pre-norm ViT block

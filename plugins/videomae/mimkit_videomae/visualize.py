@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import attrs
 import torch
 
-from mimkit.plugin_api import BuildEnv, Context, Mask, one_of, patchify, PixelTarget, pyplot, save_figure, unpatchify
+from mimkit.plugin_api import (BuildEnv, Context, Mask, one_of, patchify, PixelTarget, pixel_predictions, pyplot,
+                               save_figure, unpatchify)
 
 
 class VideoPixelTarget(PixelTarget):
@@ -45,13 +46,7 @@ def reconstruct(model: Any, batch: dict, seed: int = 0) -> tuple[torch.Tensor, t
     model.train(was_training)
     x = batch[model.input_key].float()
     enc, mask = model.encoder, out.mask
-    pred = out.pred.float()
-    if out.pred_scope == "masked":
-        full = torch.zeros(x.shape[0], mask.num_tokens, pred.shape[-1])
-        full.scatter_(1, mask.ids_hidden.unsqueeze(-1).expand_as(pred), pred)
-        pred = full
-    target = model.target
-    pred = target.to_pixels(pred, x) if hasattr(target, "to_pixels") else pred
+    pred = pixel_predictions(model, out, x)
     orig = patchify(x, enc.patch)
     hidden = mask.hidden.unsqueeze(-1)
     vids = [orig, torch.where(hidden, torch.full_like(orig, float("nan")), orig), torch.where(hidden, pred, orig)]
