@@ -127,6 +127,25 @@ def fast_path(tc: TrainConfig, optimizer: torch.optim.Optimizer, device: torch.d
     return {"compile": compile_, "optimizer": impl, "attention": tc.attention}
 
 
+def compile_errors_fall_back(on: bool):
+    """While on, a frame that ``torch.compile`` fails to compile runs eagerly (dynamo's
+    ``suppress_errors``; its calls are still compiled) instead of ending the run. Seen on a lent
+    H200 with torch 2.11: dynamo could not guard the globals of attrs' generated ``__init__``
+    (``Outputs(...)``), so ``compile: auto`` stopped every CUDA run at its first step."""
+    import contextlib
+
+    if not on:
+        return contextlib.nullcontext()
+    return torch._dynamo.config.patch(suppress_errors=True)
+
+
+def compiled_frames() -> dict[str, int]:
+    """Frames dynamo was asked to compile in this process and how many it compiled."""
+    from torch._dynamo.utils import counters
+
+    return {"total": int(counters["frames"]["total"]), "ok": int(counters["frames"]["ok"])}
+
+
 def attention_backend(name: str):
     """A context forcing one SDPA backend, or a no-op for ``auto``."""
     import contextlib
@@ -481,6 +500,8 @@ class _Run:
                                  "units": wrapped, "checkpoint": "sharded (torch.distributed.checkpoint)"}
         if self.fast["compile"]:
             model = torch.compile(model)
+            self.frames_before = compiled_frames()
+        self.compile_checked = not self.fast["compile"]
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.fsdp = dist_.is_fsdp(accelerator)
         self.distributed["accelerate"] = accelerator.distributed_type.value
@@ -535,6 +556,24 @@ class _Run:
         if self.changes:
             self.accelerator.print("recipe changed on resume: " + "; ".join(
                 f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in self.changes.items()) + " (recorded in history.jsonl)")
+
+    def check_compiled(self) -> None:
+        """After the first compiled forward: say so, in the log and in meta.json, when dynamo
+        fell back to eager for some frames (the run goes on, slower than it could)."""
+        self.compile_checked = True
+        now = compiled_frames()
+        total, ok = now["total"] - self.frames_before["total"], now["ok"] - self.frames_before["ok"]
+        if total and ok < total:
+            self.fast["compile"] = f"partial: {ok} of {total} frames compiled, the rest eager"
+            self.accelerator.print(
+                f"warning: torch.compile (train.compile) compiled {ok} of {total} frames with torch "
+                f"{torch.__version__}; the others run eagerly (dynamo's reasons are logged above). The run goes on; "
+                f"train.compile: false turns compiling off.")
+            meta = self.run_dir / "meta.json"
+            if self.main and meta.is_file():
+                data = json.loads(meta.read_text())
+                data.setdefault("fast_path", {})["compile"] = self.fast["compile"]
+                _write(meta, json.dumps(data, indent=1, default=str))
 
     def write_metadata(self) -> None:
         if self.main:
@@ -680,7 +719,10 @@ class _Run:
         batch = {k: (v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         ctx.step, ctx.epoch = s.step, s.epoch
         with acc.accumulate(self.model), attention_backend(self.tc.attention):
-            out = self.model(batch, ctx)
+            with compile_errors_fall_back(self.fast["compile"] is not False):
+                out = self.model(batch, ctx)
+            if not self.compile_checked:
+                self.check_compiled()
             finite = True
             if self.tc.nonfinite == "skip":  # every rank must agree before anyone skips backward
                 bad = torch.tensor(0.0 if bool(torch.isfinite(out.loss)) else 1.0, device=acc.device)

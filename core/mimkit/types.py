@@ -80,7 +80,12 @@ class Mask:
         return cls(hidden=hidden, ids_shuffle=ids, ids_restore=ids, num_keep=num_tokens)
 
 
-@attrs.define(eq=False)
+# Context and Outputs write their own ``__init__``: attrs' generated one reads ``NOTHING`` and its
+# factories from a copy of this module's globals, which torch 2.11's dynamo could not guard
+# (``module 'mimkit.types' has no attribute 'NOTHING'``), so no model forward compiled there.
+
+
+@attrs.define(eq=False, init=False)
 class Context:
     """The step's shared state: what the teacher computed, the step counters and an RNG.
 
@@ -88,14 +93,20 @@ class Context:
     ...) so maskers, targets and losses can read them; ``extra`` is free for plugins.
     """
 
-    step: int = 0
-    epoch: int = 0
-    generator: torch.Generator | None = None
-    teacher: dict[str, Any] = attrs.field(factory=dict)
-    extra: dict[str, Any] = attrs.field(factory=dict)
+    step: int
+    epoch: int
+    generator: torch.Generator | None
+    teacher: dict[str, Any]
+    extra: dict[str, Any]
+
+    def __init__(self, step: int = 0, epoch: int = 0, generator: torch.Generator | None = None,
+                 teacher: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> None:
+        self.step, self.epoch, self.generator = step, epoch, generator
+        self.teacher = {} if teacher is None else teacher
+        self.extra = {} if extra is None else extra
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, init=False)
 class Outputs:
     """What a forward returns: the weighted ``loss``, its named terms and the tensors behind them.
 
@@ -103,14 +114,22 @@ class Outputs:
     ones in ``mask.ids_hidden`` order ("masked"). Losses read tensors by name through ``get``.
     """
 
-    loss: torch.Tensor | None = None
-    losses: dict[str, torch.Tensor] = attrs.field(factory=dict)
-    pred: torch.Tensor | None = None
-    target: torch.Tensor | None = None
-    mask: Mask | None = None
-    latent: torch.Tensor | None = None
-    pred_scope: str = "all"
-    extra: dict[str, Any] = attrs.field(factory=dict)
+    loss: torch.Tensor | None
+    losses: dict[str, torch.Tensor]
+    pred: torch.Tensor | None
+    target: torch.Tensor | None
+    mask: Mask | None
+    latent: torch.Tensor | None
+    pred_scope: str
+    extra: dict[str, Any]
+
+    def __init__(self, loss: torch.Tensor | None = None, losses: dict[str, torch.Tensor] | None = None,
+                 pred: torch.Tensor | None = None, target: torch.Tensor | None = None, mask: Mask | None = None,
+                 latent: torch.Tensor | None = None, pred_scope: str = "all", extra: dict[str, Any] | None = None) -> None:
+        self.loss, self.pred, self.target, self.mask, self.latent = loss, pred, target, mask, latent
+        self.losses = {} if losses is None else losses
+        self.pred_scope = pred_scope
+        self.extra = {} if extra is None else extra
 
     def get(self, name: str) -> Any:
         """An output by name: a field of this class, else an entry of ``extra``."""
