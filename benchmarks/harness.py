@@ -188,8 +188,10 @@ def compile_child(setup_json: str, warmup: int, repeats: int) -> dict[str, Any]:
     compiled.step()
     compile_s = time.perf_counter() - t0
     times = interleaved({"eager": eager.step, "compiled": compiled.step}, warmup, repeats, setup.device)
+    from torch._dynamo.utils import counters
+
     return {
-        "compile_s": compile_s,
+        "compile_s": compile_s, "frames": {k: int(counters["frames"][k]) for k in ("total", "ok")},
         "eager": summary(times["eager"], setup.batch),
         "compiled": summary(times["compiled"], setup.batch),
     }

@@ -30,6 +30,7 @@ import torch  # noqa: E402
 import harness  # noqa: E402
 from subjects import ARCHS, IMPLS, PEERS, Setup, Subject, available, peer_versions  # noqa: E402
 
+SECTIONS = ("throughput", "best", "flops", "compile", "table2", "memory", "scaling", "profile")
 PAPER_TABLE2 = {"visible_dec8": 2.8, "visible_dec1": 3.7}
 GOAL_BEST_OVER_PEER = 1.3
 
@@ -73,8 +74,8 @@ class Plan:
         if device.startswith("cuda"):
             return cls(
                 batch=256, precision="bf16", warmup=3, repeats=10, best_warmup=3, best_repeats=10,
-                table2_batch={"vit_l16": 64, "vit_b16": 128}, table2_repeats=10, scale_ratio_batch=256,
-                scale_size_batch=32, loss_batch=64, matmul_n=8192,
+                table2_batch={"vit_l16": 128, "vit_b16": 256}, table2_repeats=10, scale_ratio_batch=256,
+                scale_size_batch=32, loss_batch=64, matmul_n=8192, compile_timeout=150.0,
             )
         return cls()
 
@@ -152,18 +153,21 @@ def section_best(plan: Plan, base: Setup, args: argparse.Namespace) -> dict[str,
     setups[f"mimkit_{bp}_fused"] = base.with_(precision=bp, optimizer="fused")  # fused AdamW alone
     res = measure(setups, plan.best_warmup, plan.best_repeats)
     out: dict[str, Any] = {"results": res}
-    if plan.compile_timeout > 0:
-        log("torch.compile (child process)")
-        cs = base.with_(precision=bp, optimizer="fused", attention="math")
-        out["compile"] = harness.run_child(
-            "--compile-child", cs, ["--child-warmup", "1", "--child-repeats", str(plan.best_repeats)],
-            args.threads, plan.compile_timeout,
-        )
-    else:
-        out["compile"] = {"skipped": "quick mode"}
     log("bf16 vs fp32 loss agreement")
     out["loss_agreement"] = loss_agreement(base.with_(batch=plan.loss_batch), plan.loss_steps, bp)
     return out
+
+
+def section_compile(plan: Plan, base: Setup, args: argparse.Namespace) -> dict[str, Any]:
+    """mimkit eager vs ``torch.compile`` (best precision, fused AdamW), in a child process with a
+    timeout; the CPU runs it with the math attention kernel (faster there under compile)."""
+    if plan.compile_timeout <= 0:
+        return {"skipped": "quick mode"}
+    attention = "auto" if base.device.startswith("cuda") else "math"
+    cs = base.with_(precision=plan.best_precision, optimizer="fused", attention=attention)
+    out = harness.run_child("--compile-child", cs, ["--child-warmup", "1", "--child-repeats", str(plan.best_repeats)],
+                            args.threads, plan.compile_timeout)
+    return out | {"attention": attention}
 
 
 def loss_agreement(base: Setup, steps: int, precision: str) -> dict[str, Any]:
@@ -353,10 +357,13 @@ def markdown(res: dict[str, Any]) -> str:
         L += ["", "### 5. Best settings", "", "| setting | median step (s) | images/s |", "|---|---|---|"]
         for name, r in b["results"].items():
             L.append(f"| {name} | {_f(r.get('median_s'))} | {_f(r.get('images_per_s'))} {_err(r)} |")
-        c = b.get("compile", {})
+        c = res.get("compile") or b.get("compile") or {"skipped": "not run"}
         if "compiled" in c:
-            L.append(f"| mimkit bf16 fused math + torch.compile (child run; eager there {_f(c['eager']['median_s'])} s) | "
-                     f"{_f(c['compiled']['median_s'])} | {_f(c['compiled']['images_per_s'])} (compile {c['compile_s']:.0f} s) |")
+            frames = c.get("frames")
+            fr = f"; {frames['ok']} of {frames['total']} frames compiled" if frames else ""
+            L.append(f"| mimkit bf16 fused {c.get('attention', 'math')} + torch.compile (child run; eager there "
+                     f"{_f(c['eager']['median_s'])} s) | {_f(c['compiled']['median_s'])} | "
+                     f"{_f(c['compiled']['images_per_s'])} (compile {c['compile_s']:.0f} s{fr}) |")
         else:
             L.append(f"| torch.compile | {c.get('error') or c.get('skipped')} | |")
         la = b["loss_agreement"]
@@ -425,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", default="benchmarks/results", help="folder for results.json and results.md")
     ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
-    ap.add_argument("--sections", default="throughput,best,table2,flops,scaling,memory,profile",
+    ap.add_argument("--merge", help="results.json of an earlier run on the same kind of machine: its sections not "
+                    "run now are kept (a lent GPU's time split over two calls)")
+    ap.add_argument("--sections", default="throughput,best,compile,table2,flops,scaling,memory,profile",
                     help="comma-separated subset to run (flops needs throughput and best)")
     ap.add_argument("--time-limit", type=float, default=0.0,
                     help="seconds: sections not started by then are skipped (0: no limit; a lent GPU: 480)")
@@ -450,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     base = Setup(arch=plan.arch, batch=plan.batch, device=args.device)
     sections = set(args.sections.split(","))
     res: dict[str, Any] = {"quick": args.quick, "machine": machine(args.device, args.threads), "plan": plan.__dict__}
+    if args.merge:
+        earlier = json.loads(Path(args.merge).read_text())
+        kept = [k for k in SECTIONS if k in earlier and k not in sections]
+        res |= {k: earlier[k] for k in kept} | {"merged_from": {"file": args.merge, "sections": kept,
+                                                               "machine": earlier.get("machine")}}
     t_start = time.perf_counter()
     skipped: list[str] = []
 
@@ -463,35 +477,41 @@ def main(argv: list[str] | None = None) -> int:
             return False
         return True
 
-    if run("throughput"):
-        log("throughput")
-        res["throughput"] = section_throughput(plan, base)
-    if run("best"):
-        log("best settings")
-        res["best"] = section_best(plan, base, args)
-    if run("table2"):
-        res["table2"] = section_table2(plan, base)
-    if {"flops", "best", "throughput"} <= sections and "throughput" in res and "best" in res and run("flops"):
-        log("flops")
-        res["flops"] = section_flops(plan, base, res["throughput"], res["best"])
-    if run("scaling"):
-        res["scaling"] = section_scaling(plan, base)
-    if run("memory"):
-        res["memory"] = section_memory(plan, base, args.threads)
-    if run("profile"):
-        log("profile")
-        res["profile"] = section_profile(plan, base)
-    res["skipped_sections"] = skipped
+    out = Path(args.out)
+
+    def save() -> str:
+        """Write results.json and results.md as they stand: after every section, so that a run
+        stopped from outside (a lent GPU's time limit) keeps what it measured."""
+        res["skipped_sections"] = skipped
+        res["goals"] = goals(res)
+        res["machine"]["load_avg_end"] = list(os.getloadavg())
+        res["wall_s"] = time.perf_counter() - t_start
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "results.json.tmp"
+        tmp.write_text(json.dumps(res, indent=1, default=str))
+        tmp.replace(out / "results.json")
+        md = markdown(res)
+        (out / "results.md").write_text(md)
+        return md
+
+    def section(name: str, fn, *fargs) -> None:
+        if run(name):
+            log(name)
+            res[name] = fn(*fargs)
+            save()
+
+    section("throughput", section_throughput, plan, base)
+    section("best", section_best, plan, base, args)
+    if "throughput" in res and "best" in res:
+        section("flops", section_flops, plan, base, res["throughput"], res["best"])
+    section("compile", section_compile, plan, base, args)
+    section("table2", section_table2, plan, base)
+    section("memory", section_memory, plan, base, args.threads)  # before scaling: a GPU run with a time limit wants it more
+    section("scaling", section_scaling, plan, base)
+    section("profile", section_profile, plan, base)
     if skipped:
         log(f"time limit {args.time_limit:.0f} s reached: skipped {', '.join(skipped)}")
-    res["goals"] = goals(res)
-    res["machine"]["load_avg_end"] = list(os.getloadavg())
-    res["wall_s"] = time.perf_counter() - t_start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
-    md = markdown(res)
-    (out / "results.md").write_text(md)
+    md = save()
     if args.readme:
         update_readme(md)
     print(md)

@@ -158,7 +158,7 @@ def main() -> None:
         x = torch.randn(args.images, enc.in_chans, *enc.img_size, device=device)
         noise = mask_noise(range(args.images), args.steps, copies, enc.num_patches, 0).to(device)
 
-        chunk = args.chunk or auto_chunk(copies)
+        chunk = args.chunk or auto_chunk(copies, device)
 
         def loop(x=x, noise=noise, model=model, head=head):
             return adapt_loop(model, head, x, noise)

@@ -67,6 +67,18 @@ def test_time_limit_skips_the_sections_not_started(tmp_path: Path, subprocess_en
     res = json.loads((out / "results.json").read_text())
     assert "throughput" in res and res["skipped_sections"] == ["scaling", "profile"]
 
+    # a second call merges: the earlier throughput is kept, flops is computed from it and this run's best
+    merged = tmp_path / "merged"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(merged), "--merge",
+         str(out / "results.json"), "--sections", "best,flops"],
+        capture_output=True, text=True, timeout=300, env=subprocess_env, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res2 = json.loads((merged / "results.json").read_text())
+    assert res2["throughput"] == res["throughput"] and res2["merged_from"]["sections"] == ["throughput"]
+    assert "mimkit_fp32" in res2["flops"]["results"] and "mimkit_bf16_fused" in res2["flops"]["results"]
+
 
 def test_demo_profile_and_end_to_end_scripts_run(tmp_path: Path, subprocess_env: dict) -> None:
     """The demo profile's phases add up to its step; e2e.py reports every subject it ran."""

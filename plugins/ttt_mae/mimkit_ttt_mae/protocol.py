@@ -144,7 +144,7 @@ class TTTMAEProtocol:
             t = time.perf_counter()
             if c.batched:
                 logits = adapt_batched(model, head, x, noise, lr=c.lr, momentum=c.momentum, mask_ratio=c.mask_ratio,
-                                       chunk=c.chunk or auto_chunk(c.copies), impl=c.impl)
+                                       chunk=c.chunk or auto_chunk(c.copies, x.device), impl=c.impl)
             else:
                 logits = adapt_loop(model, head, x, noise, lr=c.lr, momentum=c.momentum, mask_ratio=c.mask_ratio)
             counter["adapt_s"] += time.perf_counter() - t

@@ -102,3 +102,11 @@ def test_mask_noise_is_per_image():
     a = mask_noise([3, 5], 2, 4, 64, 0)
     b = mask_noise([5], 2, 4, 64, 0)
     assert torch.equal(a[1], b[0]) and not torch.equal(a[0], a[1])
+
+
+def test_auto_chunk_keeps_the_measured_number_of_copies_in_flight():
+    from mimkit_ttt_mae import auto_chunk
+
+    assert [auto_chunk(c) for c in (16, 128, 300)] == [16, 2, 1]  # CPU: ~256 copies
+    assert [auto_chunk(c, "cuda") for c in (32, 128)] == [256, 64]  # CUDA: ~8192 (the H200 run: 64 x 128)
+    assert auto_chunk(128, torch.device("cpu"), budget=1024) == 8
