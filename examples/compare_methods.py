@@ -302,6 +302,8 @@ def jobs(method: str, seed: int, args: argparse.Namespace) -> list[tuple[str, Ca
 
         out += [(f"{name}_frac{f:g}", fn) for name, fn in (("knn", knn), ("linprobe", lp), ("finetune", ft))
                 if name in args.protocols and name not in skip]
+        EXPECT[f"linprobe_frac{f:g}"] = EXPECT[f"randarch_linprobe_frac{f:g}"] = {"epochs": args.lp_epochs}
+        EXPECT[f"finetune_frac{f:g}"] = {"epochs": ft_epochs(args, f)}
         if own_architecture(method):  # the baseline of this architecture: the same protocols at random init
             def rknn(pre, common=common):
                 return ev.knn(arch_recipe(method, args), init="random", **common)
@@ -322,13 +324,28 @@ def jobs(method: str, seed: int, args: argparse.Namespace) -> list[tuple[str, Ca
     return out
 
 
+# what a record must say to be reused, by file stem (filled by ``jobs``): a record computed with other
+# settings (a fine-tuning run from before the epochs scaled with the pool) is computed again
+EXPECT: dict[str, dict[str, Any]] = {}
+
+
+def stale(path: Path, rec: dict) -> str | None:
+    """Why the record at ``path`` does not match this sitting's settings, or None."""
+    want = EXPECT.get(path.stem, {})
+    diff = [f"{k} {rec.get(k)!r} != {v!r}" for k, v in want.items() if "error" not in rec and rec.get(k) != v]
+    return ", ".join(diff) or None
+
+
 def run_one(path: Path, fn: Callable[[], dict], args: argparse.Namespace, log: list[str]) -> dict:
-    """The record at ``path``: read when it exists (a failed one is re-run with --retry-errors),
-    else computed and written; an exception becomes an error record, so one broken method does not
-    stop the others."""
+    """The record at ``path``: read when it exists and matches this sitting's settings (a failed one
+    is re-run with --retry-errors), else computed and written; an exception becomes an error record,
+    so one broken method does not stop the others."""
     if path.exists():
         rec = json.loads(path.read_text())
-        if not ("error" in rec and args.retry_errors):
+        why = stale(path, rec)
+        if why:
+            print(f"[compare] {path}: computed with other settings ({why}): computing it again", flush=True)
+        elif not ("error" in rec and args.retry_errors):
             log.append(f"skip {path}")
             return rec
     log.append(f"run  {path}")

@@ -141,6 +141,16 @@ def test_quick_run_writes_results_and_resumes(tmp_path, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")} == mtimes
     assert readme.read_text().count(cm.BEGIN) == 1
 
+    # a record computed with other settings (fine-tuning epochs from before they scaled with the pool)
+    # is computed again, and only that one
+    ft = out / "results" / "mae" / "seed0" / "finetune_frac0.01.json"
+    ft.write_text(json.dumps(json.loads(ft.read_text()) | {"epochs": 99}))
+    assert cm.main(argv) == 0
+    log = (out / "log.txt").read_text().splitlines()
+    assert [line for line in log if not line.startswith("skip")] == [f"run  {ft}"]
+    assert json.loads(ft.read_text())["epochs"] == 1
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")}
+
     # --report-only computes nothing, even for a seed without results; the table keeps the seeds asked for
     assert cm.main(["--quick", "--methods", "mae", "supmae", "random", "--seeds", "0", "1", "--out", str(out), "--readme", str(readme), "--report-only"]) == 0
     assert not (out / "results" / "mae" / "seed1").exists()
