@@ -70,3 +70,26 @@ def test_bad_ratio_is_a_clear_error():
         from mimkit.config import component
 
         component("maskers", {"name": "random", "ratio": 1.5}, "model.masker", registry())
+
+
+def test_beit_block_loop_places_blocks_from_its_draws():
+    from mimkit.plugin_api import beit_block_mask
+
+    calls = []
+
+    def uniform(a, b):  # area = the lower end, log-aspect 0 (square blocks)
+        calls.append(("u", a, b))
+        return a if len(calls) % 2 else 0.0
+
+    corners = iter([1, 1, 4, 0])
+    mask = beit_block_mask(6, 6, 8, uniform, lambda a, b: next(corners), min_area=4, max_area=4,
+                           aspect=(0.5, 2.0))
+    want = torch.zeros(6, 6, dtype=torch.bool)
+    want[1:3, 1:3] = True
+    want[4:6, 0:2] = True
+    assert torch.equal(mask, want)  # two 2x2 blocks at the drawn corners, budget capped at 4 each
+    assert calls[0] == ("u", 4, 4)  # budget = min(8 - 0, 4)
+    # a block that cannot fit ends the mask short of its target after 10 attempts
+    n = []
+    empty = beit_block_mask(3, 3, 5, lambda a, b: n.append(1) or a, lambda a, b: 0, min_area=16)
+    assert not empty.any() and len(n) == 20  # 10 attempts x (area, aspect)

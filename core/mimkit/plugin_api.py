@@ -38,6 +38,7 @@ from .geometry import (
 )
 from .hookspecs import HOOK_API_VERSION, hookimpl
 from .components.masked import MaskedModel, explicit_mask
+from .components.masking import beit_block_mask
 from .model import MethodModel, step_noise
 from .plugins import registry
 from .schema import FieldError, component, one_of
@@ -53,7 +54,7 @@ __all__ = [
     "Mask", "Context", "Outputs",
     # building components
     "BuildEnv", "Masker", "Loss", "LossConfig", "MethodModel", "MaskedModel", "explicit_mask", "component", "one_of",
-    "FieldError", "package_presets", "init_xavier_", "step_noise", "gather_with_grad",
+    "FieldError", "package_presets", "init_xavier_", "step_noise", "gather_with_grad", "beit_block_mask",
     # the contracts of the other kinds (typing.Protocol: structural, no need to inherit)
     "Encoder", "Decoder", "Target", "Teacher", "Visualizer", "Dataset", "EvalProtocol", "Exporter",
     # token geometry

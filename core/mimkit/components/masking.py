@@ -1,7 +1,8 @@
 """The ``random`` masker: MAE's per-sample random masking, the official recipe exactly."""
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
 import attrs
 import torch
@@ -10,6 +11,44 @@ from ..geometry import num_keep_for
 from ..schema import FieldError
 from ..types import Context, Mask
 from . import BuildEnv, Masker
+
+
+def beit_block_mask(height: int, width: int, target: float, uniform: Callable[[float, float], float],
+                    randint: Callable[[int, int], int], min_area: float, max_area: float | None = None,
+                    aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10) -> torch.Tensor:
+    """One (height, width) bool mask (True = hidden) of rectangular blocks, by BEiT's
+    ``MaskingGenerator`` loop, which MaskFeat and iBOT reuse with their own random sources.
+
+    Per block, up to ``attempts`` draws: area ~ ``uniform(min_area, budget)`` with budget the
+    patches still wanted (capped by ``max_area``), log-aspect uniform in ``aspect``; a block with
+    h < height and w < width goes to ``randint`` corners and is accepted if it newly hides between 1
+    and ``budget`` patches (the first accepted draw ends the block). A block that finds no place ends
+    the mask, so it may stay short of ``target``. ``uniform``/``randint`` (both ends included) are
+    called in the official order, so a seeded source gives the official masks exactly.
+    """
+    log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    count = 0
+    while count < target:
+        budget = target - count if max_area is None else min(target - count, max_area)
+        delta = 0
+        for _attempt in range(attempts):
+            area = uniform(min_area, budget)
+            ar = math.exp(uniform(log_lo, log_hi))
+            h, w = int(round(math.sqrt(area * ar))), int(round(math.sqrt(area / ar)))
+            if w < width and h < height:
+                top, left = randint(0, height - h), randint(0, width - w)
+                block = mask[top : top + h, left : left + w]
+                new = h * w - int(block.sum())
+                if 0 < new <= budget:
+                    block.fill_(True)
+                    delta += new
+            if delta > 0:
+                break
+        if delta == 0:
+            break
+        count += delta
+    return mask
 
 
 def _ratio(_inst: Any, attr: attrs.Attribute, value: float) -> None:

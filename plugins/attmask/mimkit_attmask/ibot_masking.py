@@ -38,7 +38,7 @@ from typing import Any
 import attrs
 import torch
 
-from mimkit.plugin_api import BuildEnv, ConfigError, Context, FieldError, Mask, Masker
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, FieldError, Mask, Masker, beit_block_mask
 
 from .masking import mask_from_hidden
 
@@ -99,32 +99,8 @@ def ibot_block_mask(height: int, width: int, high: float, rng: random.Random,
                     aspect: tuple[float, float] = (0.3, 1 / 0.3)) -> torch.Tensor:
     """One (height, width) bool block mask (True = hidden) of at most ``high`` patches, by iBOT's
     loop (see the module docstring)."""
-    log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
-    low = (min(height, width) // 3) ** 2
-    mask = [[False] * width for _ in range(height)]
-    count = 0
-    while count < high:
-        budget = high - count
-        delta = 0
-        for _attempt in range(10):
-            area = rng.uniform(low, budget)
-            ar = math.exp(rng.uniform(log_lo, log_hi))
-            h = int(round(math.sqrt(area * ar)))
-            w = int(round(math.sqrt(area / ar)))
-            if w < width and h < height:
-                top = rng.randint(0, height - h)
-                left = rng.randint(0, width - w)
-                new = sum(not cell for row in mask[top : top + h] for cell in row[left : left + w])
-                if 0 < new <= budget:
-                    for row in mask[top : top + h]:
-                        row[left : left + w] = [True] * w
-                    delta += new
-            if delta > 0:
-                break
-        if delta == 0:
-            break
-        count += delta
-    return torch.tensor(mask, dtype=torch.bool)
+    return beit_block_mask(height, width, high, rng.uniform, rng.randint, (min(height, width) // 3) ** 2,
+                           aspect=aspect)
 
 
 def ibot_rand_mask(num_tokens: int, high: float, rng: random.Random) -> torch.Tensor:

@@ -15,13 +15,12 @@ returns the (N,) boolean map itself (True = hidden); ``forward`` only stacks it 
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import attrs
 import torch
 
-from mimkit.plugin_api import BuildEnv, ConfigError, Context, Mask, Masker
+from mimkit.plugin_api import BuildEnv, ConfigError, Context, Mask, Masker, beit_block_mask
 
 
 def _ratio(_inst: Any, _attr: attrs.Attribute, value: float) -> None:
@@ -49,32 +48,11 @@ def block_mask(
     accepted if it adds between 1 and the remaining budget of new patches; ten attempts per
     block), with randomness from ``generator``. ``exact`` tops up / trims at random.
     """
-    mask = torch.zeros(height, width, dtype=torch.bool)
-    max_num_patches = num_hidden if max_num_patches is None else max_num_patches
     max_aspect = max_aspect or 1.0 / min_aspect
-    log_aspect = (math.log(min_aspect), math.log(max_aspect))
-    count = 0
-    while count < num_hidden:
-        budget = min(num_hidden - count, max_num_patches)
-        delta = 0
-        for _attempt in range(10):
-            area = _uniform(generator, min_num_patches, budget)
-            aspect = math.exp(_uniform(generator, *log_aspect))
-            h = int(round(math.sqrt(area * aspect)))
-            w = int(round(math.sqrt(area / aspect)))
-            if w < width and h < height:
-                top = _randint(generator, 0, height - h)
-                left = _randint(generator, 0, width - w)
-                block = mask[top : top + h, left : left + w]
-                new = h * w - int(block.sum())
-                if 0 < new <= budget:
-                    block.fill_(True)
-                    delta += new
-            if delta > 0:
-                break
-        if delta == 0:
-            break
-        count += delta
+    mask = beit_block_mask(height, width, num_hidden, lambda a, b: _uniform(generator, a, b),
+                           lambda a, b: _randint(generator, a, b), min_num_patches, max_num_patches,
+                           (min_aspect, max_aspect))
+    count = int(mask.sum())
     if exact:
         flat = mask.view(-1)
         if count < num_hidden:  # top up at random among the visible patches
