@@ -220,9 +220,10 @@ def main() -> None:
           "| **batched / loop** | overhead bound | roofline bound | max logit diff |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        bound = f"{r['overhead_bound']:.2f}×" if "overhead_bound" in r else "–"  # profiled on a CPU only
         md.append(f"| {r['encoder']} | {r['decoder']} | {r['copies']} | {r['gflop_per_image_step']:.2f} | "
                   f"{r['loop_s_per_image_step']:.3f} | {r['loop_gflops']:.1f} | {r['batched_gflops']:.1f} | "
-                  f"**{r['ratio']:.2f}×** | {r.get('overhead_bound', float('nan')):.2f}× | {r['roofline_bound']:.2f}× | "
+                  f"**{r['ratio']:.2f}×** | {bound} | {r['roofline_bound']:.2f}× | "
                   f"{r['max_abs_logit_diff']:.1e} |")
     if any("loop_profile_s" in r for r in rows):
         md += ["", "Loop profile (seconds of one profiled loop run, self time):", "",

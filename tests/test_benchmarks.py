@@ -101,3 +101,19 @@ def test_demo_profile_and_end_to_end_scripts_run(tmp_path: Path, subprocess_env:
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in subjects.split(","):
         assert f"| {name} | 3.12 |" in proc.stdout, proc.stdout
+
+
+def test_ttt_mae_batched_benchmark_checks_equality_and_reports_a_ratio(tmp_path: Path, subprocess_env: dict) -> None:
+    import pytest
+
+    pytest.importorskip("mimkit_ttt_mae")
+    out = tmp_path / "ttt"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ttt_mae_batched.py"), "--configs", "micro:16", "--images", "2",
+         "--steps", "1", "--repeats", "1", "--no-profile", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=subprocess_env | {"OMP_NUM_THREADS": "1"}, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(out.with_suffix(".json").read_text())["rows"][0]
+    assert row["same_predictions"] and row["max_abs_logit_diff"] < 1e-4 and _positive(row["ratio"])
+    assert "| – |" in out.with_suffix(".md").read_text()  # no profile, no overhead bound (not 'nan')
