@@ -149,6 +149,12 @@ def test_quick_run_writes_results_and_resumes(tmp_path, monkeypatch):
     log = (out / "log.txt").read_text().splitlines()
     assert [line for line in log if not line.startswith("skip")] == [f"run  {ft}"]
     assert json.loads(ft.read_text())["epochs"] == 1
+    # every method fine-tunes with the same crop; a record from before records said so is judged by its recipe
+    rec = json.loads(ft.read_text())
+    assert rec["crop_scale"] == [0.2, 1.0] and rec["train_dataset"] == "FashionMNIST"
+    old = {k: v for k, v in rec.items() if k not in ("crop_scale", "train_dataset")}
+    assert cm.stale(ft, old) is None  # the MAE preset's own crop is (0.2, 1.0)
+    assert "crop_scale" in cm.stale(ft, rec | {"crop_scale": [0.5, 1.0]})
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")}
 
     # --report-only computes nothing, even for a seed without results; the table keeps the seeds asked for

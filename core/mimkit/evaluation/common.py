@@ -139,6 +139,7 @@ def eval_datasets(
     recipe: Recipe,
     val_root: str | None = None,
     train_augment: bool = False,
+    crop_scale: tuple[float, float] | None = None,
 ) -> tuple[Dataset, Dataset]:
     """(train, test) datasets of the recipe's data source, both un-augmented unless
     ``train_augment`` (fine-tuning).
@@ -147,9 +148,20 @@ def eval_datasets(
     "train")``, else ``recipe.data`` as is). Test is, in order: ``recipe.data`` with ``root:
     val_root``; the labelled test split of ``recipe.eval_data``; or of ``recipe.data`` (e.g.
     Fashion-MNIST's test set, an image folder's sibling ``val`` folder).
+
+    With ``train_augment``, a data source that wraps another for pretraining views (its class has
+    ``finetune_source(config)``: two_views) is replaced by the wrapped one, so fine-tuning sees one
+    ordinary augmented image, not the pretraining's views; ``crop_scale`` then overrides the
+    RandomResizedCrop scale (the same fine-tuning augmentation for every method).
     """
     reg = get_registry()
     cls, cfg = component("datasets", recipe.data, "data", reg)
+    if train_augment and hasattr(cls, "finetune_source"):
+        cls, cfg = component("datasets", cls.finetune_source(cfg), "data.base", reg)
+    if train_augment and crop_scale is not None:
+        if not any(f.name == "crop_scale" for f in attrs.fields(type(cfg))):
+            raise ConfigError(f"crop_scale: data source {recipe.data.get('name')!r} has no RandomResizedCrop to scale")
+        cfg = attrs.evolve(cfg, crop_scale=tuple(crop_scale))
     train_cfg = _split(cls, cfg, "train") or cfg
     if val_root is not None:
         if not any(f.name == "root" for f in attrs.fields(type(train_cfg))):

@@ -97,7 +97,7 @@ def _finetune(source: str | os.PathLike, c: "FineTune.Config", out: str | os.Pat
     t0 = time.perf_counter()
     accelerator = make_accelerator()
     model = load_source(source, init=init, seed=seed)
-    train_ds, test_ds = eval_datasets(model.recipe, val_root, train_augment=augment)
+    train_ds, test_ds = eval_datasets(model.recipe, val_root, train_augment=augment, crop_scale=c.crop_scale)
     train_sub, split = select_train(train_ds, labels_fraction, split_seed, limit_train)
     test_sub = head_subset(test_ds, limit_test)
     n_cls = num_classes(train_ds, test_ds)
@@ -160,12 +160,19 @@ def _finetune(source: str | os.PathLike, c: "FineTune.Config", out: str | os.Pat
         "num_test": int(len(labels_t)),
         "epochs": epochs, "steps": step, "batch_size": eff_batch, "lr": lr, "blr": blr, "layer_decay": layer_decay,
         "weight_decay": weight_decay, "drop_path": drop_path, "mixup": mixup, "cutmix": cutmix,
-        "smoothing": smoothing, "augment": augment, "final_train_loss": last_loss,
+        "smoothing": smoothing, "augment": augment, **_train_data(train_ds),
+        "final_train_loss": last_loss,
         **topk_accuracy(scores_t, labels_t),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     record["summary"] = f"finetune: top-1 {record['top1']:.4f}  top-5 {record['top5']:.4f}"
     return finish(record, out, accelerator)
+
+
+def _train_data(ds: Any) -> dict[str, Any]:
+    """The fine-tuning training data (its dataset class and crop scale), so records can be compared."""
+    crop = getattr(getattr(ds, "config", None), "crop_scale", None)
+    return {"train_dataset": type(ds).__name__, "crop_scale": None if crop is None else [float(v) for v in crop]}
 
 
 class FineTune:
@@ -185,6 +192,7 @@ class FineTune:
         cutmix: float = 1.0
         smoothing: float = 0.1
         augment: bool = True
+        crop_scale: tuple[float, float] | None = None  # RandomResizedCrop scale; None: the recipe's data
         clip_grad: float | None = None
 
     def __init__(self, config: "FineTune.Config"):

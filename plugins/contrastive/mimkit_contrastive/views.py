@@ -68,6 +68,15 @@ class TwoViews(torch.utils.data.Dataset):
         local_aug: str = attrs.field(default="strong", validator=one_of("none", "weak", "strong"))
         local_blur_p: float = attrs.field(default=0.5, validator=_prob)
 
+    @classmethod
+    def finetune_source(cls, config: "TwoViews.Config") -> dict[str, Any]:
+        """What fine-tuning trains on: one ordinary augmented image of the wrapped data (the core's
+        ``eval_datasets``), not the pretraining views with their colour jitter and blur."""
+        base = dict(config.base)
+        if config.img_size is not None:
+            base.setdefault("img_size", config.img_size)
+        return base
+
     def __init__(self, config: "TwoViews.Config", split: str | None = None, train: bool | None = None):
         self.config = config
         cls, cfg = component("datasets", config.base, "data.base", registry())

@@ -127,3 +127,21 @@ def test_tiny_presets_train_with_finite_falling_loss(method: str, falling: tuple
         "model": {"encoder": {"embed_dim": 96, "depth": 2}, "decoder": {"embed_dim": 64, "depth": 1}},
         "optim": {"warmup_epochs": 0.2}}
     check_preset_trains(method, tmp_path, over, steps=10, expect_fall=falling, window=3)
+
+
+def test_fine_tuning_trains_on_the_wrapped_data_not_on_the_pretraining_views():
+    from mimkit.components.datasets import FashionMNIST
+    from mimkit.evaluation.common import eval_datasets
+    from mimkit_contrastive.views import TwoViews
+
+    r = resolve({"method": "attmask_tiny_fashion_mnist", "data": {"base": {"limit": 16}}})
+    probe_train, _ = eval_datasets(r)  # k-NN / linear probe: the wrapper's un-augmented centre view
+    assert isinstance(probe_train, TwoViews)
+    ft_train, _ = eval_datasets(r, train_augment=True, crop_scale=(0.5, 1.0))
+    assert isinstance(ft_train, FashionMNIST)
+    assert ft_train.config.crop_scale == (0.5, 1.0) and ft_train.config.img_size == 32
+    item = ft_train[3]
+    assert "image_target" not in item and item["image"].shape == (1, 32, 32)  # one image, no second view
+    plain, _ = eval_datasets(resolve({"method": "attmask_tiny_fashion_mnist", "data": {"base": {"limit": 16}}}),
+                             train_augment=True)
+    assert plain.config.crop_scale == FashionMNIST.Config().crop_scale  # no override: the base's own crop
