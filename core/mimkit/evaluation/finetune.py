@@ -73,7 +73,8 @@ def finetune(source: str | os.PathLike, *, out: str | os.PathLike | None = None,
     ``param_groups_layer_decay`` groups (lr scale ``layer_decay ** (depth + 1 - layer)``, no
     decay on 1-D params and tokens); mixup/cutmix with label smoothing via ``timm.data.Mixup``
     and ``SoftTargetCrossEntropy`` (plain smoothed CE when both alphas are 0). Augmentation is
-    the recipe's RandomResizedCrop + flip (MAE adds RandAugment and random erasing: not here).
+    the recipe's RandomResizedCrop + flip, at ``crop_scale`` when given, on the plain images of a
+    view-making source such as two_views (MAE adds RandAugment and random erasing: not here).
     Starts from ``model.eval_encoder`` when the model defines one (iBOT/AttMask: the teacher).
 
     ``options`` are the fields of :class:`FineTune.Config` (``epochs``, ``batch_size``, ``blr``,
