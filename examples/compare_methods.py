@@ -594,11 +594,18 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods if not args.report_only else []:
         for s in args.seeds:
             run_method(m, s, args, log)
-    def asked(stem: str) -> bool:  # pretraining, or a protocol of --protocols
-        return stem == "pretrain" or stem.removeprefix("randarch_").split("_frac")[0] in args.protocols
+    for m in methods:  # the settings a record must match to be shown (also with --report-only)
+        jobs(m, args.seeds[0], args)
+    out = args.out
+
+    def asked(stem: str, rec: dict, m: str, s: int) -> bool:
+        """Pretraining or a protocol of --protocols, computed with this sitting's settings."""
+        wanted = stem == "pretrain" or stem.removeprefix("randarch_").split("_frac")[0] in args.protocols
+        return wanted and not stale(out / "results" / m / f"seed{s}" / f"{stem}.json", rec)
 
     res = {m: kept for m, by_seed in load_results(args.out).items()  # only the seeds and protocols asked for
-           if (kept := {s: {k: v for k, v in r.items() if asked(k)} for s, r in by_seed.items() if s in args.seeds})}
+           if (kept := {s: {k: v for k, v in r.items() if asked(k, v, m, s)} for s, r in by_seed.items()
+                        if s in args.seeds})}
     md = table(res, [m for m in methods if m in res])
     full = args.budget >= 240_000 and args.limit_train is None and args.limit_test is None and len(args.seeds) >= 3
     scale = "SMOKE-SCALE (--quick)" if args.quick else ("full" if full else "REDUCED (budget, seeds or eval subsets)")

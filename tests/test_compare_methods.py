@@ -155,6 +155,13 @@ def test_quick_run_writes_results_and_resumes(tmp_path, monkeypatch):
     old = {k: v for k, v in rec.items() if k not in ("crop_scale", "train_dataset")}
     assert cm.stale(ft, old) is None  # the MAE preset's own crop is (0.2, 1.0)
     assert "crop_scale" in cm.stale(ft, rec | {"crop_scale": [0.5, 1.0]})
+    # the table never shows a record made with other settings
+    ft.write_text(json.dumps(rec | {"epochs": 99}))
+    assert cm.main(argv + ["--report-only"]) == 0
+    lines = [ln.split("|") for ln in readme.read_text().splitlines() if ln.startswith("| method") or ln.startswith("| mae")]
+    col = [c.strip() for c in lines[0]].index("FT 1%")
+    assert lines[1][col].strip() == "–"
+    ft.write_text(json.dumps(rec))
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")}
 
     # --report-only computes nothing, even for a seed without results; the table keeps the seeds asked for
