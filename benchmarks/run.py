@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     ap.add_argument("--merge", help="results.json of an earlier run on the same kind of machine: its sections not "
                     "run now are kept (a lent GPU's time split over two calls)")
-    ap.add_argument("--sections", default="throughput,best,compile,table2,flops,scaling,memory,profile",
+    ap.add_argument("--sections", default=",".join(SECTIONS),
                     help="comma-separated subset to run (flops needs throughput and best)")
     ap.add_argument("--time-limit", type=float, default=0.0,
                     help="seconds: sections not started by then are skipped (0: no limit; a lent GPU: 480)")

@@ -303,8 +303,6 @@ def jobs(method: str, seed: int, args: argparse.Namespace) -> list[tuple[str, Ca
 
         out += [(f"{name}_frac{f:g}", fn) for name, fn in (("knn", knn), ("linprobe", lp), ("finetune", ft))
                 if name in args.protocols and name not in skip]
-        EXPECT[f"linprobe_frac{f:g}"] = EXPECT[f"randarch_linprobe_frac{f:g}"] = {"epochs": args.lp_epochs}
-        EXPECT[f"finetune_frac{f:g}"] = {"epochs": ft_epochs(args, f), "crop_scale": list(FT_CROP)}
         if own_architecture(method):  # the baseline of this architecture: the same protocols at random init
             def rknn(pre, common=common):
                 return ev.knn(arch_recipe(method, args), init="random", **common)
@@ -325,11 +323,6 @@ def jobs(method: str, seed: int, args: argparse.Namespace) -> list[tuple[str, Ca
     return out
 
 
-# what a record must say to be reused, by file stem (filled by ``jobs``): a record computed with other
-# settings (a fine-tuning run from before the epochs scaled with the pool) is computed again
-EXPECT: dict[str, dict[str, Any]] = {}
-
-
 # every method fine-tunes on the same augmentation: RandomResizedCrop at the MAE preset's scale + flip
 # of the plain images (a two-view method's views are not used: ``eval_datasets``)
 FT_CROP = (0.2, 1.0)
@@ -348,12 +341,23 @@ def _crop_before_it_was_recorded(rec: dict) -> list[float] | None:
     return [float(v) for v in data.get("crop_scale", (0.2, 1.0))]
 
 
-def stale(path: Path, rec: dict) -> str | None:
+def expected(stem: str, args: argparse.Namespace) -> dict[str, Any]:
+    """What the record ``stem`` must say to be reused: a record computed with other settings (a
+    fine-tuning run from before the epochs scaled with the pool) is computed again."""
+    protocol, _, frac = stem.removeprefix("randarch_").partition("_frac")
+    if protocol == "linprobe":
+        return {"epochs": args.lp_epochs}
+    if protocol == "finetune":
+        return {"epochs": ft_epochs(args, float(frac)), "crop_scale": list(FT_CROP)}
+    return {}
+
+
+def stale(path: Path, rec: dict, args: argparse.Namespace) -> str | None:
     """Why the record at ``path`` does not match this sitting's settings, or None."""
     if "error" in rec:
         return None
-    want = EXPECT.get(path.stem, {})
-    if "crop_scale" in want and "crop_scale" not in rec and rec.get("protocol") == "finetune":
+    want = expected(path.stem, args)
+    if "crop_scale" in want and "crop_scale" not in rec:
         rec = rec | {"crop_scale": _crop_before_it_was_recorded(rec)}
     diff = [f"{k} {rec.get(k)!r} != {v!r}" for k, v in want.items() if rec.get(k) != v]
     return ", ".join(diff) or None
@@ -365,7 +369,7 @@ def run_one(path: Path, fn: Callable[[], dict], args: argparse.Namespace, log: l
     so one broken method does not stop the others."""
     if path.exists():
         rec = json.loads(path.read_text())
-        why = stale(path, rec)
+        why = stale(path, rec, args)
         if why:
             print(f"[compare] {path}: computed with other settings ({why}): computing it again", flush=True)
         elif not ("error" in rec and args.retry_errors):
@@ -594,14 +598,10 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods if not args.report_only else []:
         for s in args.seeds:
             run_method(m, s, args, log)
-    for m in methods:  # the settings a record must match to be shown (also with --report-only)
-        jobs(m, args.seeds[0], args)
-    out = args.out
-
     def asked(stem: str, rec: dict, m: str, s: int) -> bool:
         """Pretraining or a protocol of --protocols, computed with this sitting's settings."""
         wanted = stem == "pretrain" or stem.removeprefix("randarch_").split("_frac")[0] in args.protocols
-        return wanted and not stale(out / "results" / m / f"seed{s}" / f"{stem}.json", rec)
+        return wanted and not stale(args.out / "results" / m / f"seed{s}" / f"{stem}.json", rec, args)
 
     res = {m: kept for m, by_seed in load_results(args.out).items()  # only the seeds and protocols asked for
            if (kept := {s: {k: v for k, v in r.items() if asked(k, v, m, s)} for s, r in by_seed.items()

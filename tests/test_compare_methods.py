@@ -153,8 +153,9 @@ def test_quick_run_writes_results_and_resumes(tmp_path, monkeypatch):
     rec = json.loads(ft.read_text())
     assert rec["crop_scale"] == [0.2, 1.0] and rec["train_dataset"] == "FashionMNIST"
     old = {k: v for k, v in rec.items() if k not in ("crop_scale", "train_dataset")}
-    assert cm.stale(ft, old) is None  # the MAE preset's own crop is (0.2, 1.0)
-    assert "crop_scale" in cm.stale(ft, rec | {"crop_scale": [0.5, 1.0]})
+    args = cm.parse(argv)
+    assert cm.stale(ft, old, args) is None  # the MAE preset's own crop is (0.2, 1.0)
+    assert "crop_scale" in cm.stale(ft, rec | {"crop_scale": [0.5, 1.0]}, args)
     # the table never shows a record made with other settings
     ft.write_text(json.dumps(rec | {"epochs": 99}))
     assert cm.main(argv + ["--report-only"]) == 0

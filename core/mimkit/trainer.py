@@ -7,6 +7,7 @@ stops the run naming the step and the terms (or skips the step, when the recipe 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -132,8 +133,6 @@ def compile_errors_fall_back(on: bool):
     ``suppress_errors``; its calls are still compiled) instead of ending the run. Seen on a lent
     H200 with torch 2.11: dynamo could not guard the globals of attrs' generated ``__init__``
     (``Outputs(...)``), so ``compile: auto`` stopped every CUDA run at its first step."""
-    import contextlib
-
     if not on:
         return contextlib.nullcontext()
     return torch._dynamo.config.patch(suppress_errors=True)
@@ -148,8 +147,6 @@ def compiled_frames() -> dict[str, int]:
 
 def attention_backend(name: str):
     """A context forcing one SDPA backend, or a no-op for ``auto``."""
-    import contextlib
-
     if name == "auto":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel

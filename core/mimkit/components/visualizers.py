@@ -12,7 +12,6 @@ from ..types import Context
 from ..viz import pyplot, save_figure
 
 
-
 def pixel_predictions(model: Any, out: Any, x: torch.Tensor) -> torch.Tensor:
     """The model's prediction for every token in the input's (normalized) pixel units, (B, N, values):
     hidden-only predictions are scattered back to their tokens (zeros elsewhere) and a target
@@ -24,6 +23,7 @@ def pixel_predictions(model: Any, out: Any, x: torch.Tensor) -> torch.Tensor:
         pred = full
     target = model.target
     return target.to_pixels(pred, x) if hasattr(target, "to_pixels") else pred
+
 
 class ReconstructionGrid:
     """original | masked | reconstruction (visible patches pasted back), one row per image.

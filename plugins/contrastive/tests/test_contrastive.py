@@ -142,6 +142,5 @@ def test_fine_tuning_trains_on_the_wrapped_data_not_on_the_pretraining_views():
     assert ft_train.config.crop_scale == (0.5, 1.0) and ft_train.config.img_size == 32
     item = ft_train[3]
     assert "image_target" not in item and item["image"].shape == (1, 32, 32)  # one image, no second view
-    plain, _ = eval_datasets(resolve({"method": "attmask_tiny_fashion_mnist", "data": {"base": {"limit": 16}}}),
-                             train_augment=True)
+    plain, _ = eval_datasets(r, train_augment=True)
     assert plain.config.crop_scale == FashionMNIST.Config().crop_scale  # no override: the base's own crop
