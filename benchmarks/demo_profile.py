@@ -26,7 +26,8 @@ def _phases(recipe_path: str, overrides: list[str], steps: int, fast: bool) -> d
     from mimkit.api import build_dataset, build_model
     from mimkit.config import resolve
     from mimkit.data import SeededDataset, collate, epoch_batches
-    from mimkit.trainer import make_optimizer, resolve_precision
+    from mimkit.optim import make_optimizer
+    from mimkit.trainer import resolve_precision
     from mimkit.types import Context
 
     recipe = resolve(recipe_path, overrides)

@@ -39,7 +39,7 @@ def _mimkit(batched: bool, precision: str, batch: int):
     from mimkit.api import build_dataset, build_model
     from mimkit.config import resolve
     from mimkit.data import BatchedView, SeededDataset, collate, epoch_batches
-    from mimkit.trainer import make_optimizer
+    from mimkit.optim import make_optimizer
     from mimkit.types import Context
 
     recipe = resolve(str(RECIPE), [f"train.mixed_precision={precision}", f"train.batch_size={batch}"])

@@ -227,7 +227,7 @@ BUILDERS: dict[str, Callable[[Setup], tuple[nn.Module, LossFn]]] = {
 def make_adamw(model: nn.Module, variant: str) -> torch.optim.Optimizer:
     """AdamW as mimkit's ``make_optimizer`` builds it (same groups, betas, wd), with the
     implementation chosen: ``default`` leaves the choice to torch (the for-loop on CPU)."""
-    from mimkit.trainer import param_groups
+    from mimkit.optim import param_groups
 
     kw: dict[str, Any] = {}
     if variant == "foreach":

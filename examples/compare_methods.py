@@ -509,16 +509,18 @@ def plot(res: dict, path: Path, stem: str = "linprobe_frac0.1", methods: list[st
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    markers = "os^vD<>pPXh*8d"
-    for i, m in enumerate(methods or sorted(res, key=lambda k: (k == RANDOM, k))):
+    points = []
+    for m in methods or sorted(res, key=lambda k: (k == RANDOM, k)):
         seeds = res[m].values()
         acc = [v for s in seeds if (v := _value(s.get(stem), "top1")) is not None]
         mins = [s["pretrain"]["minutes"] for s in seeds if "pretrain" in s and "error" not in s["pretrain"]]
-        if not acc:
-            continue
-        x = statistics.mean(mins) if mins else 0.0
-        y = 100 * statistics.mean(acc)
+        if acc:
+            points.append((m, statistics.mean(mins) if mins else 0.0, 100 * statistics.mean(acc)))
+    if not points:  # nothing of `stem` among the results: no empty picture
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    markers = "os^vD<>pPXh*8d"
+    for i, (m, x, y) in enumerate(points):
         ax.scatter([x], [y], marker=markers[i % len(markers)], s=60, label=m)
         ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6)
     ax.set_xlabel("pretraining minutes (this machine)")
@@ -619,12 +621,15 @@ def main(argv: list[str] | None = None) -> int:
     header_short = f"{args.budget} images seen, seeds {args.seeds}, {machine()}"
     (args.out / "table.md").write_text(header + "\n\n" + md + "\n")
     write_readme(args.readme, md, header)
-    stem = "linprobe_frac0.1" if 0.1 in args.fractions else f"linprobe_frac{args.fractions[-1]:g}"
+    # the plot's accuracy: the linear probe when this call covers it, else the first protocol it covers
+    protocol = next((p for p in ("linprobe", "knn", "finetune") if p in args.protocols), "linprobe")
+    stem = f"{protocol}_frac0.1" if 0.1 in args.fractions else f"{protocol}_frac{args.fractions[-1]:g}"
     png = plot(res, args.plot or args.out / "compare.png", stem, [m for m in methods if m in res], header_short)
     (args.out / "log.txt").write_text("\n".join(log) + "\n")
     print(header + "\n\n" + md)
     ran = sum(1 for x in log if x.startswith("run"))
-    print(f"[compare] {ran} computed, {len(log) - ran} skipped, {time.perf_counter() - t0:.0f} s; plot {png}")
+    shown = f"plot {png}" if png else f"no plot (no {stem} results)"
+    print(f"[compare] {ran} computed, {len(log) - ran} skipped, {time.perf_counter() - t0:.0f} s; {shown}")
     return 0
 
 

@@ -89,6 +89,19 @@ def test_own_architecture_baseline_only_where_random_init_differs():
     assert not own & {"mae", "supmae", "cmae", "macrl", "sdae", "siamese_mim", "bootmae", "flip", "milan"}
 
 
+def test_plot_draws_what_exists_and_nothing_when_the_protocol_did_not_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    cm = _module()
+    pre = {"minutes": 2.0}
+    res = {"mae": {0: {"pretrain": pre, "finetune_frac0.1": {"top1": 0.5}},
+                   1: {"pretrain": {"minutes": 4.0}, "finetune_frac0.1": {"top1": 0.7}}},
+           "random": {0: {"finetune_frac0.1": {"top1": 0.6}}}}
+    assert cm.plot(res, tmp_path / "lp.png", "linprobe_frac0.1") is None  # an FT-only sitting: no empty plot
+    assert not (tmp_path / "lp.png").exists()
+    assert cm.plot(res, tmp_path / "ft.png", "finetune_frac0.1") == tmp_path / "ft.png"
+    assert (tmp_path / "ft.png").stat().st_size > 0
+
+
 def test_readme_section_is_replaced_not_duplicated(tmp_path):
     cm = _module()
     readme = tmp_path / "README.md"

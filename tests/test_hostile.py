@@ -22,7 +22,8 @@ import mimkit.checkpoint as ck
 from mimkit.cli import main
 from mimkit.config import resolve
 from mimkit.errors import CheckpointError, ConfigError, MimkitError
-from mimkit.trainer import LOCK, NonFiniteLoss, RunLock
+from mimkit.rundir import LOCK, RunLock
+from mimkit.trainer import NonFiniteLoss
 
 from conftest import tiny_recipe
 
@@ -154,7 +155,7 @@ def test_resume_drops_metric_rows_past_the_checkpoint(tmp_path, trained):
 HOLD = """
 import sys, time
 from pathlib import Path
-from mimkit.trainer import RunLock
+from mimkit.rundir import RunLock
 RunLock(Path(sys.argv[1])).acquire()
 print("locked", flush=True)
 time.sleep(120)

@@ -9,7 +9,7 @@ from torch import nn
 from mimkit.config import OptimConfig
 from mimkit.errors import ConfigError
 from mimkit.schedules import wd_at
-from mimkit.trainer import make_optimizer, param_groups
+from mimkit.optim import make_optimizer, param_groups
 
 
 class _Toy(nn.Module):

@@ -36,6 +36,9 @@ from .data import BatchedView, SeededDataset, collate, epoch_batches, has_batch_
 from .errors import CheckpointError, ConfigError, DataError, MimkitError
 from .evaluation.knn import knn_predict
 from .plugins import registry as get_registry
+from .optim import make_optimizer
+from .rundir import (RunLock, check_recipe_change, check_run_dir, metrics_upto, prepare_run_dir,
+                     write_file)
 from .schedules import lr_at, wd_at  # noqa: F401  (lr_at: re-exported)
 from .types import Context
 from .viz import loss_curve, visualizer_name
@@ -43,66 +46,6 @@ from .viz import loss_curve, visualizer_name
 
 class NonFiniteLoss(MimkitError):
     """The loss became NaN or infinite."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimizer
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float, decay_tokens: bool = True) -> list[dict]:
-    """Two groups: decayed weights, and 1-D params and biases without decay (the official MAE
-    rule). With ``decay_tokens=False`` cls/mask tokens and position tables are exempt too."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        token = any(t in name.split(".")[-1] for t in ("cls_token", "mask_token", "pos_embed", "dist_token"))
-        if p.ndim <= 1 or name.endswith(".bias") or (token and not decay_tokens):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "apply_wd": True},
-        {"params": no_decay, "weight_decay": 0.0, "apply_wd": False},
-    ]
-
-
-def model_param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
-    """The optimizer groups: ``model.param_groups(weight_decay)`` when the model defines it (a
-    method's own weight-decay exemptions, e.g. CMAE's by name), else :func:`param_groups`.
-    A group without ``apply_wd`` follows the weight-decay schedule when its decay is non-zero;
-    every trainable parameter must be in exactly one group."""
-    own = getattr(model, "param_groups", None)
-    if not callable(own):
-        return param_groups(model, cfg.weight_decay, cfg.decay_tokens)
-    groups = [dict(g) for g in own(cfg.weight_decay)]
-    seen: dict[int, int] = {}
-    for g in groups:
-        g["params"] = list(g["params"])
-        g.setdefault("weight_decay", cfg.weight_decay)
-        g.setdefault("apply_wd", g["weight_decay"] > 0)
-        for p in g["params"]:
-            seen[id(p)] = seen.get(id(p), 0) + 1
-    names = {id(p): n for n, p in model.named_parameters()}
-    twice = [names.get(i, "?") for i, c in seen.items() if c > 1]
-    left = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
-    if twice or left:
-        raise ConfigError(f"{type(model).__name__}.param_groups: every trainable parameter must be in exactly one "
-                          f"group; in several: {twice[:5]}, in none: {left[:5]}")
-    return groups
-
-
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    groups = model_param_groups(model, cfg)
-    # One fused kernel per step (about 10% of a bf16 ViT-B step on the CPU, benchmarks/README.md)
-    # when every parameter lives on a device that has it; ``auto`` falls back to foreach.
-    devices = {p.device.type for g in groups for p in g["params"]}
-    fused_ok = devices <= {"cpu", "cuda"}
-    impl = cfg.impl if cfg.impl != "auto" else ("fused" if fused_ok else "foreach")
-    kwargs = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), **kwargs)
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, **kwargs)
 
 
 def resolve_precision(value: str) -> str:
@@ -184,85 +127,6 @@ def run_metadata(recipe: Recipe, accelerator: Accelerator) -> dict[str, Any]:
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def _write(path: Path, text: str, mode: str = "w") -> None:
-    """Write (or append) a text file of the run folder; a full disk is a one-line error."""
-    try:
-        with open(path, mode) as f:
-            f.write(text)
-    except OSError as exc:
-        raise MimkitError(f"cannot write {path}: {exc}") from None
-
-
-RUN_MARKERS = ("meta.json", "recipe.yaml")  # what makes a folder recognizably a mimkit run
-LOCK = ".mimkit.lock"
-
-
-class RunLock:
-    """An exclusive lock on a run folder: ``<run>/.mimkit.lock`` holds the owner's PID and host
-    and an ``flock`` on it, which the kernel releases on any exit (SIGKILL included), so a
-    lock file left by a dead process is stale and simply taken over."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK
-        self.fd: int | None = None
-
-    def acquire(self) -> "RunLock":
-        import fcntl
-        import socket
-
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise MimkitError(f"cannot create the run lock {self.path}: {exc}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                try:
-                    holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-                finally:
-                    os.close(fd)
-                raise MimkitError(f"{self.path.parent} is in use by {holder}: one run folder takes one writer. "
-                                  "Wait for it to finish, stop it, or pick another train name") from None
-            try:  # the file may have been unlinked by the previous holder between open and flock
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-        os.close(self.fd)  # drops the flock
-        self.fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-def _check_writable(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-probe"
-        probe.write_bytes(b"\0" * 4096)
-        probe.unlink()
-    except OSError as exc:
-        raise MimkitError(f"run folder {run_dir} is not writable: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,106 +240,6 @@ def _build(recipe: Recipe) -> tuple[torch.nn.Module, Any]:
     return model, build_dataset(recipe)
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Before anything changes on disk: refuse to train over checkpoints unless resuming or
-    overwriting, and let ``--overwrite`` remove only a folder that is recognizably a mimkit run."""
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other: --resume continues the run, "
-                          "--overwrite deletes it; pass one")
-    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
-        if overwrite:
-            raise MimkitError(f"--overwrite refuses to remove {run_dir}: it is not a run folder (a file or a link)")
-        return  # _check_writable names the problem
-    ckpt_dir = run_dir / "checkpoints"
-    if ckpt.complete_checkpoints(ckpt_dir) and not (resume or overwrite):
-        raise MimkitError(f"{run_dir} already holds checkpoints: pass --resume to continue or --overwrite to start over")
-    if overwrite and run_dir.is_dir():
-        entries = [p.name for p in run_dir.iterdir() if p.name != LOCK]
-        if entries and not any((run_dir / m).is_file() for m in RUN_MARKERS):
-            shown = ", ".join(sorted(entries)[:5]) + (" ..." if len(entries) > 5 else "")
-            raise MimkitError(f"--overwrite refuses to remove {run_dir}: it holds no {' or '.join(RUN_MARKERS)}, "
-                              f"so it is not a mimkit run folder (it holds: {shown}). Pick another name or "
-                              "remove it yourself")
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, lock: "RunLock | None" = None) -> None:
-    """Check the folder (see :func:`check_run_dir`), take the lock, clear it on overwrite."""
-    check_run_dir(run_dir, resume, overwrite)
-    _check_writable(run_dir)
-    if lock is not None:
-        lock.acquire()
-    if overwrite:
-        for p in run_dir.iterdir():
-            if p.name == LOCK:
-                continue
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-
-
-IGNORED_ON_RESUME = ("name", "output_dir", "method")  # where the run lives, not what it computes
-MUTABLE_ON_RESUME = ("train.max_steps", "train.epochs", "train.log_every", "train.ckpt_every", "train.keep_last",
-                     "train.progress", "train.visualize", "train.knn_every", "train.knn_train", "train.knn_test",
-                     "train.num_workers", "train.nonfinite", "train.compile", "train.grad_checkpointing", "eval_data")
-FLAGGED_ON_RESUME = ("optim",)  # changeable only with allow_optim_change (`--allow-optim-change`)
-
-
-def _flatten(x: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(x, dict) and x:
-        out: dict[str, Any] = {}
-        for k, v in x.items():
-            out |= _flatten(v, f"{prefix}.{k}" if prefix else str(k))
-        return out
-    return {prefix: x}
-
-
-def _under(key: str, prefixes: tuple[str, ...]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
-def recipe_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (old, new)} between two resolved recipes, ignoring name/output_dir/method."""
-    a, b = _flatten(old), _flatten(new)
-    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
-            if a.get(k) != b.get(k) and not _under(k, IGNORED_ON_RESUME)}
-
-
-def check_recipe_change(ckpt_path: Path, recipe: Recipe, allow_optim_change: bool) -> dict[str, tuple[Any, Any]]:
-    """The changes of ``recipe`` against the checkpoint's; refuses those that cannot change mid-run."""
-    f = ckpt_path / "recipe.yaml"
-    try:
-        old = yaml_load(f.read_text(), str(f))
-    except OSError as exc:
-        raise CheckpointError(f"{ckpt_path}: cannot read its recipe.yaml ({exc.strerror or exc}); the checkpoint is damaged") from None
-    if not isinstance(old, dict):
-        raise CheckpointError(f"{f}: not a recipe mapping; the checkpoint is damaged")
-    changes = recipe_changes(old, yaml_load(dump(recipe), "recipe"))
-    fixed = {k: v for k, v in changes.items() if not _under(k, MUTABLE_ON_RESUME)
-             and not (allow_optim_change and _under(k, FLAGGED_ON_RESUME))}
-    if fixed:
-        listed = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in list(fixed.items())[:8])
-        more = f" (and {len(fixed) - 8} more)" if len(fixed) > 8 else ""
-        hint = (" optim.* may change with --allow-optim-change." if any(_under(k, FLAGGED_ON_RESUME) for k in fixed)
-                else "")
-        raise ConfigError(f"--resume: the recipe differs from the checkpoint's ({ckpt_path}) in keys that cannot "
-                          f"change mid-run: {listed}{more}. Keys that may: {', '.join(MUTABLE_ON_RESUME)}.{hint}")
-    return changes
-
-
-def _rows_upto(metrics: Path, step: int) -> list[str]:
-    """The lines of ``metrics.jsonl`` up to ``step`` (a torn or unparseable line is dropped)."""
-    keep = []
-    for line in metrics.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
-            keep.append(line)
-    return keep
-
-
 class _Run:
     """One training run's live objects and its named steps."""
 
@@ -570,7 +334,7 @@ class _Run:
             if self.main and meta.is_file():
                 data = json.loads(meta.read_text())
                 data.setdefault("fast_path", {})["compile"] = self.fast["compile"]
-                _write(meta, json.dumps(data, indent=1, default=str))
+                write_file(meta, json.dumps(data, indent=1, default=str))
 
     def write_metadata(self) -> None:
         if self.main:
@@ -579,19 +343,19 @@ class _Run:
                 for f in (self.metrics_file, self.run_dir / "result.json", self.run_dir / "history.jsonl"):
                     f.unlink(missing_ok=True)
             elif self.metrics_file.is_file():  # drop rows past the checkpoint we resume from
-                _write(self.metrics_file, "".join(line + "\n" for line in _rows_upto(self.metrics_file, s.step)))
+                write_file(self.metrics_file, "".join(line + "\n" for line in metrics_upto(self.metrics_file, s.step)))
             recipe_file = self.run_dir / "recipe.yaml"
             if s.step == 0 or not recipe_file.is_file():  # the original recipe is never overwritten
-                _write(recipe_file, dump(self.recipe))
+                write_file(recipe_file, dump(self.recipe))
             if self.changes:
-                _write(self.run_dir / "history.jsonl", json.dumps(
+                write_file(self.run_dir / "history.jsonl", json.dumps(
                     {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": s.step, "command": sys.argv,
                      "changes": {k: list(v) for k, v in self.changes.items()}}, default=str) + "\n", "a")
             meta = run_metadata(self.recipe, self.accelerator) | {
                 "total_steps": p.total_steps, "peak_lr": p.peak_lr, "effective_batch": p.effective_batch,
                 "steps_per_epoch": p.steps_per_epoch, "fast_path": self.fast | {"data": self.data_path},
                 "distributed": self.distributed}
-            _write(self.run_dir / "meta.json", json.dumps(meta, indent=1, default=str))
+            write_file(self.run_dir / "meta.json", json.dumps(meta, indent=1, default=str))
         self.accelerator.init_trackers("tensorboard")
 
     def save(self, reason: str) -> Path | None:
@@ -772,7 +536,7 @@ class _Run:
         if s.skipped:
             row["skipped_steps"] = s.skipped
         if self.main:
-            _write(self.metrics_file, json.dumps(row) + "\n", "a")
+            write_file(self.metrics_file, json.dumps(row) + "\n", "a")
             bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{rate:.0f}", lr=f"{s.lr:.2e}")
         self.accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=s.step)
         s.sums, s.count, s.t_log, s.seen_log = {}, 0, time.perf_counter(), 0
@@ -787,7 +551,7 @@ class _Run:
                 self.accelerator.wait_for_everyone()
                 return
             self.knn_last = (self.state.step, top1, len(probe.queries))
-            _write(self.metrics_file, json.dumps({"step": self.state.step, "knn_top1": top1}) + "\n", "a")
+            write_file(self.metrics_file, json.dumps({"step": self.state.step, "knn_top1": top1}) + "\n", "a")
             self.accelerator.log({"knn_top1": top1}, step=self.state.step)
         self.accelerator.wait_for_everyone()
 
@@ -816,7 +580,7 @@ class _Run:
             return
         result = {"status": s.status, "step": s.step, "epoch": s.epoch, "skipped_steps": s.skipped,
                   "bad_files": s.bad_files}
-        _write(self.run_dir / "result.json", json.dumps(result, indent=1))
+        write_file(self.run_dir / "result.json", json.dumps(result, indent=1))
         if s.status == "preempted":
             print(f"stopped by signal at step {s.step}; checkpoint saved. Continue with --resume", file=sys.stderr)
         if self.tc.visualize and s.status == "finished":

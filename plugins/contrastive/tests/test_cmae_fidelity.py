@@ -161,7 +161,7 @@ def test_cmae_heads_teacher_and_weight_decay_follow_the_official_config(tiny_cma
     assert "decoder.mask_token" in exempt and "projector.net.0.bias" in exempt
     assert "encoder.vit.blocks.0.attn.qkv.weight" in decayed
     # the trainer's optimizer takes these groups (not the generic rule, which exempts BN weights)
-    from mimkit.trainer import make_optimizer
+    from mimkit.optim import make_optimizer
 
     opt = make_optimizer(m, resolve({"method": "cmae_tiny_fashion_mnist"}).optim, lr=1e-3)
     assert [{names[id(p)] for p in g["params"]} for g in opt.param_groups] == [decayed, exempt]

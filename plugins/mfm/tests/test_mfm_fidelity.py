@@ -36,7 +36,7 @@ def test_beit_initialization(model) -> None:
 
 
 def test_tokens_not_decayed_and_lrs_scaled_by_batch_over_512() -> None:
-    from mimkit.trainer import param_groups
+    from mimkit.optim import param_groups
 
     r = resolve({"method": "mfm_vit_base_patch16"})
     o = r.optim
