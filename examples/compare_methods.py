@@ -500,35 +500,51 @@ def write_readme(readme: Path, md: str, header: str) -> None:
     readme.write_text(text)
 
 
-def plot(res: dict, path: Path, stem: str = "linprobe_frac0.1", methods: list[str] | None = None,
+def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", methods: list[str] | None = None,
          title: str = "") -> Path | None:
-    """Accuracy (``stem``'s top-1, mean over seeds) vs pretraining minutes, one marker per method."""
+    """Accuracy vs pretraining minutes, one marker per method and one panel per ``stems`` entry
+    (e.g. linear probe and fine-tuning at 10%): mean over seeds, a bar of ± one std where there
+    are several, random init's mean as a dashed line. None (nothing written) when no stem has results."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    points = []
-    for m in methods or sorted(res, key=lambda k: (k == RANDOM, k)):
-        seeds = res[m].values()
-        acc = [v for s in seeds if (v := _value(s.get(stem), "top1")) is not None]
-        mins = [s["pretrain"]["minutes"] for s in seeds if "pretrain" in s and "error" not in s["pretrain"]]
-        if acc:
-            points.append((m, statistics.mean(mins) if mins else 0.0, 100 * statistics.mean(acc)))
-    if not points:  # nothing of `stem` among the results: no empty picture
+    panels = []  # (stem, [(method, minutes, mean %, std %)])
+    for stem in [stems] if isinstance(stems, str) else stems:
+        points = []
+        for m in methods or sorted(res, key=lambda k: (k == RANDOM, k)):
+            seeds = res[m].values()
+            acc = [100 * v for s in seeds if (v := _value(s.get(stem), "top1")) is not None]
+            mins = [s["pretrain"]["minutes"] for s in seeds if "pretrain" in s and "error" not in s["pretrain"]]
+            if acc:
+                points.append((m, statistics.mean(mins) if mins else 0.0, statistics.mean(acc),
+                               statistics.stdev(acc) if len(acc) > 1 else 0.0))
+        if points:
+            panels.append((stem, points))
+    if not panels:  # nothing of these protocols among the results: no empty picture
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     markers = "os^vD<>pPXh*8d"
-    for i, (m, x, y) in enumerate(points):
-        ax.scatter([x], [y], marker=markers[i % len(markers)], s=60, label=m)
-        ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6)
-    ax.set_xlabel("pretraining minutes (this machine)")
-    ax.set_ylabel(f"{stem.replace('_frac', ' @ ')} labels: top-1 (%)")
-    ax.grid(alpha=0.3)
+    order = list(dict.fromkeys(m for _, points in panels for m, *_ in points))  # one style per method
+    for ax, (stem, points) in zip(axes[0], panels):
+        for m, x, y, sd in points:
+            i = order.index(m)
+            if m == RANDOM:
+                ax.axhline(y, color="grey", ls="--", lw=1, label="random init (mean)")
+            ax.errorbar([x], [y], yerr=[sd] if sd else None, fmt=markers[i % len(markers)], ms=7, capsize=3,
+                        color=plt.cm.tab20(i % 20), label=m)
+            ax.annotate(m, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
+        protocol, _, frac = stem.partition("_frac")
+        name = {"linprobe": "linear probe", "finetune": "fine-tuning", "knn": "k-NN"}.get(protocol, protocol)
+        ax.set_title(f"{name}, {float(frac):.0%} labels" if frac else name, fontsize=9)
+        ax.set_xlabel("pretraining minutes (this machine)")
+        ax.set_ylabel("test top-1 (%), mean ± std over seeds")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6, ncol=2)
     if title:
-        ax.set_title(title, fontsize=7)
-    ax.legend(fontsize=7, ncol=2)
+        fig.suptitle(title, fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -621,14 +637,16 @@ def main(argv: list[str] | None = None) -> int:
     header_short = f"{args.budget} images seen, seeds {args.seeds}, {machine()}"
     (args.out / "table.md").write_text(header + "\n\n" + md + "\n")
     write_readme(args.readme, md, header)
-    # the plot's accuracy: the linear probe when this call covers it, else the first protocol it covers
-    protocol = next((p for p in ("linprobe", "knn", "finetune") if p in args.protocols), "linprobe")
-    stem = f"{protocol}_frac0.1" if 0.1 in args.fractions else f"{protocol}_frac{args.fractions[-1]:g}"
-    png = plot(res, args.plot or args.out / "compare.png", stem, [m for m in methods if m in res], header_short)
+    # the plot: linear probe and fine-tuning at 10% (or the largest fraction) where this call covers them
+    frac = 0.1 if 0.1 in args.fractions else args.fractions[-1]
+    covered = [p for p in ("linprobe", "finetune") if p in args.protocols] or [
+        p for p in ("knn",) if p in args.protocols]
+    stems = [f"{p}_frac{frac:g}" for p in covered]
+    png = plot(res, args.plot or args.out / "compare.png", stems, [m for m in methods if m in res], header_short)
     (args.out / "log.txt").write_text("\n".join(log) + "\n")
     print(header + "\n\n" + md)
     ran = sum(1 for x in log if x.startswith("run"))
-    shown = f"plot {png}" if png else f"no plot (no {stem} results)"
+    shown = f"plot {png}" if png else f"no plot (no {' / '.join(stems) or 'plotted protocol'} results)"
     print(f"[compare] {ran} computed, {len(log) - ran} skipped, {time.perf_counter() - t0:.0f} s; {shown}")
     return 0
 

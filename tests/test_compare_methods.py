@@ -100,6 +100,8 @@ def test_plot_draws_what_exists_and_nothing_when_the_protocol_did_not_run(tmp_pa
     assert not (tmp_path / "lp.png").exists()
     assert cm.plot(res, tmp_path / "ft.png", "finetune_frac0.1") == tmp_path / "ft.png"
     assert (tmp_path / "ft.png").stat().st_size > 0
+    two = cm.plot(res, tmp_path / "two.png", ["linprobe_frac0.1", "finetune_frac0.1"])  # the panel with results
+    assert two is not None and two.stat().st_size > 0
 
 
 def test_readme_section_is_replaced_not_duplicated(tmp_path):
