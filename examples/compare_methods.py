@@ -427,13 +427,15 @@ def _value(rec: dict | None, key: str) -> float | None:
     return None if v is None else float(v)
 
 
-def _cell(vals: list[float], scale: float = 1.0, digits: int = 1) -> str:
+def _cell(vals: list[float], scale: float = 1.0, digits: int = 1, seeds: int = 0) -> str:
+    """mean ± std; ``(n=K)`` when only K of the row's ``seeds`` have this result."""
     if not vals:
         return "–"
     m = statistics.mean(vals) * scale
+    n = f" (n={len(vals)})" if len(vals) < seeds else ""
     if len(vals) == 1:
-        return f"{m:.{digits}f}"
-    return f"{m:.{digits}f} ± {statistics.stdev(vals) * scale:.{digits}f}"
+        return f"{m:.{digits}f}{n}"
+    return f"{m:.{digits}f} ± {statistics.stdev(vals) * scale:.{digits}f}{n}"
 
 
 COLUMNS = [("kNN 1%", "knn_frac0.01", "top1", 100), ("kNN 10%", "knn_frac0.1", "top1", 100),
@@ -482,7 +484,7 @@ def table(res: dict, methods: list[str] | None = None) -> str:
             if stem.startswith("randarch_") and not vals and ok:
                 row.append("= random")  # the same architecture as the random row
                 continue
-            row.append("n/a" if na and not vals else _cell(vals, scale, 1 if scale == 100 else 3))
+            row.append("n/a" if na and not vals else _cell(vals, scale, 1 if scale == 100 else 3, len(seeds)))
         over = ok[0].get("method_overrides") if ok else None
         row.append("–" if not over else ", ".join(f"`{o.split('=')[0].split('.')[-1]}={_short(o)}`" for o in over))
         lines.append("| " + " | ".join(row) + " |")
