@@ -641,8 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     write_readme(args.readme, md, header)
     # the plot: linear probe and fine-tuning at 10% (or the largest fraction) where this call covers them
     frac = 0.1 if 0.1 in args.fractions else args.fractions[-1]
-    covered = [p for p in ("linprobe", "finetune") if p in args.protocols] or [
-        p for p in ("knn",) if p in args.protocols]
+    covered = [p for p in ("linprobe", "finetune") if p in args.protocols] or (
+        ["knn"] if "knn" in args.protocols else [])
     stems = [f"{p}_frac{frac:g}" for p in covered]
     png = plot(res, args.plot or args.out / "compare.png", stems, [m for m in methods if m in res], header_short)
     (args.out / "log.txt").write_text("\n".join(log) + "\n")

@@ -1,7 +1,7 @@
 """The optimizer of a pretraining run: parameter groups (which weights decay) and AdamW/SGD.
 
-Kept apart from the loop because fine-tuning, the benchmarks and fidelity tests build the same
-groups and optimizer without training.
+Kept apart from the loop: the benchmarks and the fidelity tests build the same groups and
+optimizer without training.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from .config import OptimConfig
 from .errors import ConfigError
+
 
 def param_groups(model: torch.nn.Module, weight_decay: float, decay_tokens: bool = True) -> list[dict]:
     """Two groups: decayed weights, and 1-D params and biases without decay (the official MAE

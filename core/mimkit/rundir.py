@@ -88,6 +88,7 @@ class RunLock:
 
 
 def check_writable(run_dir: Path) -> None:
+    """Create the folder and write a 4 KiB probe: an unwritable or full disk fails here, before training."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-probe"
@@ -195,5 +196,3 @@ def metrics_upto(metrics: Path, step: int) -> list[str]:
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
             keep.append(line)
     return keep
-
-

@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import distributed as dist_
 from .api import build_dataset, build_model, held_out_dataset, load_state
-from .config import OptimConfig, Recipe, TrainConfig, dump, resolve, yaml_load
+from .config import OptimConfig, Recipe, TrainConfig, dump, resolve
 from .data import BatchedView, SeededDataset, collate, epoch_batches, has_batch_path, seed_for
-from .errors import CheckpointError, ConfigError, DataError, MimkitError
+from .errors import CheckpointError, DataError, MimkitError
 from .evaluation.knn import knn_predict
 from .plugins import registry as get_registry
 from .optim import make_optimizer
