@@ -342,14 +342,21 @@ def _crop_before_it_was_recorded(rec: dict) -> list[float] | None:
 
 
 def expected(stem: str, args: argparse.Namespace) -> dict[str, Any]:
-    """What the record ``stem`` must say to be reused: a record computed with other settings (a
-    fine-tuning run from before the epochs scaled with the pool) is computed again."""
+    """What the record ``stem`` must say to be reused: an evaluation computed with other settings
+    (another pool or test subset, a fine-tuning run from before the epochs scaled with the pool) is
+    computed again; a pretraining of another budget stops the sitting (``run_one``)."""
+    if stem == "pretrain":
+        return {"budget_images": args.budget}
+    if stem == "occlusion":
+        return {"num_images": args.occlusion_images}
     protocol, _, frac = stem.removeprefix("randarch_").partition("_frac")
+    data = {"train_pool": min(args.limit_train or FULL_POOL, FULL_POOL),
+            "num_test": min(args.limit_test or FULL_TEST, FULL_TEST)}
     if protocol == "linprobe":
-        return {"epochs": args.lp_epochs}
+        return data | {"epochs": args.lp_epochs}
     if protocol == "finetune":
-        return {"epochs": ft_epochs(args, float(frac)), "crop_scale": list(FT_CROP)}
-    return {}
+        return data | {"epochs": ft_epochs(args, float(frac)), "crop_scale": list(FT_CROP)}
+    return data
 
 
 def stale(path: Path, rec: dict, args: argparse.Namespace) -> str | None:
@@ -370,6 +377,10 @@ def run_one(path: Path, fn: Callable[[], dict], args: argparse.Namespace, log: l
     if path.exists():
         rec = json.loads(path.read_text())
         why = stale(path, rec, args)
+        if why and path.stem == "pretrain":  # its evaluations come from that run: never replace it silently
+            raise SystemExit(f"[compare] {path} was pretrained for another budget ({why}), and the evaluations "
+                             f"beside it come from that run. One --out holds one budget: pass another --out, or "
+                             f"--budget {rec.get('budget_images')} to go on with this one.")
         if why:
             print(f"[compare] {path}: computed with other settings ({why}): computing it again", flush=True)
         elif not ("error" in rec and args.retry_errors):
@@ -558,6 +569,7 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
 
 
 FULL_POOL = 60_000  # Fashion-MNIST's training set: the pool the --ft-epochs are meant for
+FULL_TEST = 10_000  # its test set
 
 
 def ft_epochs(args: argparse.Namespace, fraction: float) -> int:
@@ -623,9 +635,17 @@ def main(argv: list[str] | None = None) -> int:
         wanted = stem == "pretrain" or stem.removeprefix("randarch_").split("_frac")[0] in args.protocols
         return wanted and not stale(args.out / "results" / m / f"seed{s}" / f"{stem}.json", rec, args)
 
+    def same_budget(m: str, s: int, r: dict) -> bool:
+        """False (with a warning) for a (method, seed) pretrained for another budget: none of it is shown."""
+        pre = r.get("pretrain")
+        why = pre is not None and stale(args.out / "results" / m / f"seed{s}" / "pretrain.json", pre, args)
+        if why:
+            print(f"[compare] not shown: {m} seed {s}, pretrained for another budget ({why})", flush=True)
+        return not why
+
     res = {m: kept for m, by_seed in load_results(args.out).items()  # only the seeds and protocols asked for
            if (kept := {s: {k: v for k, v in r.items() if asked(k, v, m, s)} for s, r in by_seed.items()
-                        if s in args.seeds})}
+                        if s in args.seeds and same_budget(m, s, r)})}
     md = table(res, [m for m in methods if m in res])
     full = args.budget >= 240_000 and args.limit_train is None and args.limit_test is None and len(args.seeds) >= 3
     scale = "SMOKE-SCALE (--quick)" if args.quick else ("full" if full else "REDUCED (budget, seeds or eval subsets)")

@@ -179,7 +179,18 @@ def test_quick_run_writes_results_and_resumes(tmp_path, monkeypatch):
     col = [c.strip() for c in lines[0]].index("FT 1%")
     assert lines[1][col].strip() == "–"
     ft.write_text(json.dumps(rec))
+    # another labelled pool or test subset: the evaluation is computed again
+    assert "num_test 50 != 60" in cm.stale(ft, rec, cm.parse(argv[:-1] + ["60"]))
+    assert "train_pool 500 != 1000" in cm.stale(ft, rec, cm.parse(argv + ["--limit-train", "1000"]))
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")}
+    # another pretraining budget in the same --out stops the sitting before anything is replaced
+    with pytest.raises(SystemExit, match=r"pretrain.json was pretrained for another budget \(budget_images 64 != 128\)"):
+        cm.main(argv + ["--budget", "128"])
+    assert {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")} == mtimes
+    # ... and a report for that budget shows none of the runs of another
+    assert cm.main(argv + ["--budget", "128", "--report-only"]) == 0
+    assert not [ln for ln in readme.read_text().splitlines() if ln.startswith("| mae")]
+    assert [ln for ln in readme.read_text().splitlines() if ln.startswith("| random")]
 
     # --report-only computes nothing, even for a seed without results; the table keeps the seeds asked for
     assert cm.main(["--quick", "--methods", "mae", "supmae", "random", "--seeds", "0", "1", "--out", str(out), "--readme", str(readme), "--report-only"]) == 0
