@@ -1,0 +1,188 @@
+"""Accuracy against pretraining length: several budgets of ``compare_methods.py`` side by side.
+
+Each ``--outs`` folder is one ``compare_methods.py --out`` (that script keeps one pretraining budget
+per folder). This script computes nothing: it reads the records, checks that every folder evaluated
+the same way (labelled pool, test subset, epochs), and writes a markdown table and a plot of each
+protocol's top-1 against the images seen in pretraining, beside random init of the same seeds.
+It answers the question the one-budget table cannot: from what length on does pretraining help?
+
+    .venv/bin/python examples/compare_lengths.py --outs runs/compare_med runs/compare_med/len/b32768 \\
+        runs/compare_med/len/b131072 --methods mae --plot docs/compare_lengths.png
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_STEMS = ("finetune_frac0.01", "finetune_frac0.1", "linprobe_frac0.1", "knn_frac0.1")
+SETTINGS = ("train_pool", "num_test", "epochs", "crop_scale")  # what must agree across budgets
+
+
+def _compare_methods() -> Any:
+    """The sibling script as a module (its record reader, names and cell format)."""
+    spec = importlib.util.spec_from_file_location("compare_methods", HERE / "compare_methods.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+cm = _compare_methods()
+
+
+def label(stem: str) -> str:
+    """'FT 10%' for ``finetune_frac0.1``: the column names of the one-budget table."""
+    return next((name for name, s, _, _ in cm.COLUMNS if s == stem), stem)
+
+
+def collect(outs: list[Path], methods: list[str] | None, seeds: list[int], stems: list[str]) -> dict[str, Any]:
+    """{'random': {seed: {stem: top1}}, 'runs': [(method, images, steps, minutes, {seed: {stem: top1}})]}.
+
+    Raises SystemExit naming the folders when a folder mixes budgets or two folders evaluated a
+    protocol differently (then the lengths are not comparable)."""
+    random: dict[int, dict[str, float]] = {}
+    runs: list[tuple[str, int, int, float, dict[int, dict[str, float]]]] = []
+    seen: dict[str, tuple[dict, Path]] = {}  # stem -> (settings, the record they came from)
+    for out in outs:
+        if not (out / "results").is_dir():
+            raise SystemExit(f"{out}: no results/ folder (is it a compare_methods.py --out?)")
+        res = cm.load_results(out)
+        for m, by_seed in sorted(res.items()):
+            if m != cm.RANDOM and methods is not None and m not in methods:
+                continue
+            budgets = {}
+            accs: dict[int, dict[str, float]] = {}
+            for s, recs in by_seed.items():
+                if s not in seeds:
+                    continue
+                for stem in stems:
+                    rec = recs.get(stem)
+                    if rec is None or "error" in rec:
+                        continue
+                    path = out / "results" / m / f"seed{s}" / f"{stem}.json"
+                    mine = {k: rec.get(k) for k in SETTINGS}
+                    if stem.startswith("finetune") and mine["crop_scale"] is None:  # a record from before it said
+                        mine["crop_scale"] = cm._crop_before_it_was_recorded(rec)
+                    first = seen.setdefault(stem, (mine, path))
+                    if first[0] != mine:
+                        diff = ", ".join(f"{k} {first[0][k]!r} vs {mine[k]!r}" for k in SETTINGS
+                                         if first[0][k] != mine[k])
+                        raise SystemExit(f"{first[1]} and {path} evaluated {stem} differently ({diff}): "
+                                         f"lengths are comparable only under the same evaluation")
+                    accs.setdefault(s, {})[stem] = 100 * float(rec["top1"])
+                pre = recs.get("pretrain")
+                if m != cm.RANDOM and pre and "error" not in pre and s in accs:
+                    budgets[s] = (int(pre["images_seen"]), int(pre["steps"]), float(pre["minutes"]))
+            if m == cm.RANDOM:
+                for s, a in accs.items():
+                    random.setdefault(s, {}).update({k: v for k, v in a.items() if k not in random.get(s, {})})
+                continue
+            accs = {s: a for s, a in accs.items() if s in budgets}  # an evaluation needs its pretraining record
+            if not accs:
+                continue
+            if len({b[0] for b in budgets.values()}) > 1:
+                raise SystemExit(f"{out}: {m} was pretrained for several budgets "
+                                 f"({sorted({b[0] for b in budgets.values()})}); one folder holds one budget")
+            images, steps, _ = next(iter(budgets.values()))
+            runs.append((m, images, steps, statistics.mean(b[2] for b in budgets.values()), accs))
+    runs.sort(key=lambda r: (r[0], r[1]))
+    return {"random": random, "runs": runs}
+
+
+def _cell(vals: list[float], above: int | None = None, paired: int = 0) -> str:
+    text = cm._cell(vals)
+    return text if above is None else f"{text} [{above}/{paired}]"
+
+
+def table(data: dict[str, Any], stems: list[str]) -> str:
+    """Rows: random init, then every (method, budget) by length; a cell is mean ± std over seeds and
+    ``[k/n]``: in k of the n seeds that random init also has, the run beats random init of its seed."""
+    random = data["random"]
+    head = ["method", "images seen", "steps", "minutes", "seeds"] + [label(s) for s in stems]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if random:
+        cells = [_cell([a[st] for a in random.values() if st in a]) for st in stems]
+        lines.append(f"| random init | 0 | 0 | 0 | {len(random)} | " + " | ".join(cells) + " |")
+    for m, images, steps, minutes, accs in data["runs"]:
+        cells = []
+        for st in stems:
+            vals = [a[st] for a in accs.values() if st in a]
+            pairs = [(a[st], random[s][st]) for s, a in accs.items() if st in a and st in random.get(s, {})]
+            cells.append(_cell(vals, sum(x > r for x, r in pairs), len(pairs)) if pairs else _cell(vals))
+        lines.append(f"| {m} | {images} | {steps} | {minutes:.1f} | {len(accs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(data: dict[str, Any], stems: list[str], path: Path, title: str = "") -> Path | None:
+    """One panel per protocol: top-1 (mean ± std over seeds) against pretraining images seen (log
+    axis), one line per method, random init's mean ± std as a dashed line in a grey band."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    if not data["runs"]:
+        return None
+    fig, axes = plt.subplots(1, len(stems), figsize=(4.2 * len(stems), 3.8), squeeze=False)
+    methods = list(dict.fromkeys(r[0] for r in data["runs"]))
+    for ax, st in zip(axes[0], stems):
+        rand = [a[st] for a in data["random"].values() if st in a]
+        if rand:
+            mu, sd = statistics.mean(rand), statistics.stdev(rand) if len(rand) > 1 else 0.0
+            ax.axhline(mu, color="grey", ls="--", lw=1, label="random init")
+            ax.axhspan(mu - sd, mu + sd, color="grey", alpha=0.15, lw=0)
+        for i, m in enumerate(methods):
+            pts = [(images, [a[st] for a in accs.values() if st in a]) for mm, images, _, _, accs in data["runs"]
+                   if mm == m]
+            pts = [(x, v) for x, v in pts if v]
+            if not pts:
+                continue
+            xs = [x for x, _ in pts]
+            ys = [statistics.mean(v) for _, v in pts]
+            es = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in pts]
+            ax.errorbar(xs, ys, yerr=es, marker="os^vD<>pPX"[i % 10], capsize=3, color=plt.cm.tab10(i % 10), label=m)
+        ax.set_xscale("log", base=2)
+        ax.set_title(label(st), fontsize=9)
+        ax.set_xlabel("pretraining images seen")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test top-1 (%), mean ± std over seeds")
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--outs", type=Path, nargs="+", required=True,
+                   help="compare_methods.py --out folders, one per budget")
+    p.add_argument("--methods", nargs="+", default=None, help="default: every method found")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--stems", nargs="+", default=list(DEFAULT_STEMS), help="records to show, e.g. finetune_frac0.1")
+    p.add_argument("--plot", type=Path, default=None, help="the PNG (default: none)")
+    p.add_argument("--table", type=Path, default=None, help="also write the markdown table here")
+    args = p.parse_args(argv)
+    data = collect(args.outs, args.methods, args.seeds, args.stems)
+    if not data["runs"]:
+        raise SystemExit(f"no pretrained runs with {args.stems} results for seeds {args.seeds} in {args.outs}")
+    md = table(data, args.stems)
+    print(md)
+    if args.table:
+        args.table.write_text(md + "\n")
+    if args.plot:
+        title = f"seeds {args.seeds}, {cm.machine()}"
+        print(f"[lengths] plot {plot(data, args.stems, args.plot, title)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
