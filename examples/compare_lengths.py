@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mimkit.viz import pyplot, save_figure
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_STEMS = ("finetune_frac0.01", "finetune_frac0.1", "linprobe_frac0.1", "knn_frac0.1")
 SETTINGS = ("train_pool", "num_test", "epochs", "crop_scale")  # what must agree across budgets
@@ -121,9 +123,7 @@ def plot(data: dict[str, Any], stems: list[str], path: Path, title: str = "") ->
     """One panel per protocol: top-1 (mean ± std over seeds) against pretraining images seen (log
     axis), one line per method, random init's mean ± std as a dashed line in a grey band."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         return None
     if not data["runs"]:
@@ -154,11 +154,7 @@ def plot(data: dict[str, Any], stems: list[str], path: Path, title: str = "") ->
     axes[0][0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:

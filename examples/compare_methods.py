@@ -58,6 +58,7 @@ import mimkit
 from mimkit import evaluate as ev
 from mimkit.config import apply_overrides, resolve
 from mimkit.plugins import registry
+from mimkit.viz import pyplot, save_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 SUFFIX = "_tiny_fashion_mnist"
@@ -519,9 +520,7 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
     (e.g. linear probe and fine-tuning at 10%): mean over seeds, a bar of ± one std where there
     are several, random init's mean as a dashed line. None (nothing written) when no stem has results."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         return None
     panels = []  # (stem, [(method, minutes, mean %, std %)])
@@ -558,11 +557,7 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
     axes[0][0].legend(fontsize=6, ncol=2)
     if title:
         fig.suptitle(title, fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 # ---------------------------------------------------------------------------------------------
