@@ -128,9 +128,13 @@ def plot(data: dict[str, Any], stems: list[str], path: Path, title: str = "") ->
         return None
     if not data["runs"]:
         return None
-    fig, axes = plt.subplots(1, len(stems), figsize=(4.2 * len(stems), 3.8), squeeze=False)
+    cols = min(2, len(stems))
+    rows = -(-len(stems) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(stems):]:
+        ax.set_visible(False)
     methods = list(dict.fromkeys(r[0] for r in data["runs"]))
-    for ax, st in zip(axes[0], stems):
+    for ax, st in zip(axes.flat, stems):
         rand = [a[st] for a in data["random"].values() if st in a]
         if rand:
             mu, sd = statistics.mean(rand), statistics.stdev(rand) if len(rand) > 1 else 0.0
@@ -149,8 +153,8 @@ def plot(data: dict[str, Any], stems: list[str], path: Path, title: str = "") ->
         ax.set_xscale("log", base=2)
         ax.set_title(label(st), fontsize=9)
         ax.set_xlabel("pretraining images seen")
+        ax.set_ylabel("test top-1 (%), mean ± std over seeds", fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test top-1 (%), mean ± std over seeds")
     axes[0][0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=7)
@@ -165,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--stems", nargs="+", default=list(DEFAULT_STEMS), help="records to show, e.g. finetune_frac0.1")
     p.add_argument("--plot", type=Path, default=None, help="the PNG (default: none)")
+    p.add_argument("--plot-stems", nargs="+", default=None, help="the records to plot (default: --stems)")
     p.add_argument("--table", type=Path, default=None, help="also write the markdown table here")
     args = p.parse_args(argv)
-    data = collect(args.outs, args.methods, args.seeds, args.stems)
+    data = collect(args.outs, args.methods, args.seeds, list(dict.fromkeys(args.stems + (args.plot_stems or []))))
     if not data["runs"]:
         raise SystemExit(f"no pretrained runs with {args.stems} results for seeds {args.seeds} in {args.outs}")
     md = table(data, args.stems)
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         args.table.write_text(md + "\n")
     if args.plot:
         title = f"seeds {args.seeds}, {cm.machine()}"
-        print(f"[lengths] plot {plot(data, args.stems, args.plot, title)}")
+        print(f"[lengths] plot {plot(data, args.plot_stems or args.stems, args.plot, title)}")
     return 0
 
 
