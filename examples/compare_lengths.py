@@ -79,9 +79,10 @@ def collect(outs: list[Path], methods: list[str] | None, seeds: list[int], stems
                 pre = recs.get("pretrain")
                 if m != cm.RANDOM and pre and "error" not in pre and s in accs:
                     budgets[s] = (int(pre["images_seen"]), int(pre["steps"]), float(pre["minutes"]))
-            if m == cm.RANDOM:
+            if m == cm.RANDOM:  # the same computation in every folder: the first folder's record is kept
                 for s, a in accs.items():
-                    random.setdefault(s, {}).update({k: v for k, v in a.items() if k not in random.get(s, {})})
+                    for stem, v in a.items():
+                        random.setdefault(s, {}).setdefault(stem, v)
                 continue
             accs = {s: a for s, a in accs.items() if s in budgets}  # an evaluation needs its pretraining record
             if not accs:
@@ -95,11 +96,6 @@ def collect(outs: list[Path], methods: list[str] | None, seeds: list[int], stems
     return {"random": random, "runs": runs}
 
 
-def _cell(vals: list[float], above: int | None = None, paired: int = 0) -> str:
-    text = cm._cell(vals)
-    return text if above is None else f"{text} [{above}/{paired}]"
-
-
 def table(data: dict[str, Any], stems: list[str]) -> str:
     """Rows: random init, then every (method, budget) by length; a cell is mean ± std over seeds and
     ``[k/n]``: in k of the n seeds that random init also has, the run beats random init of its seed."""
@@ -107,14 +103,15 @@ def table(data: dict[str, Any], stems: list[str]) -> str:
     head = ["method", "images seen", "steps", "minutes", "seeds"] + [label(s) for s in stems]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if random:
-        cells = [_cell([a[st] for a in random.values() if st in a]) for st in stems]
+        cells = [cm._cell([a[st] for a in random.values() if st in a]) for st in stems]
         lines.append(f"| random init | 0 | 0 | 0 | {len(random)} | " + " | ".join(cells) + " |")
     for m, images, steps, minutes, accs in data["runs"]:
         cells = []
         for st in stems:
             vals = [a[st] for a in accs.values() if st in a]
             pairs = [(a[st], random[s][st]) for s, a in accs.items() if st in a and st in random.get(s, {})]
-            cells.append(_cell(vals, sum(x > r for x, r in pairs), len(pairs)) if pairs else _cell(vals))
+            above = f" [{sum(x > r for x, r in pairs)}/{len(pairs)}]" if pairs else ""
+            cells.append(cm._cell(vals) + above)
         lines.append(f"| {m} | {images} | {steps} | {minutes:.1f} | {len(accs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
