@@ -118,7 +118,8 @@ def table(data: dict[str, Any], stems: list[str]) -> str:
 
 def plot(data: dict[str, Any], stems: list[str], path: Path, title: str = "") -> Path | None:
     """One panel per protocol: top-1 (mean ± std over seeds) against pretraining images seen (log
-    axis), one line per method, random init's mean ± std as a dashed line in a grey band."""
+    axis), one line per method, random init's mean ± std as a dashed line in a grey band, and where
+    a method has its own architecture's random-init records (``randarch_*``), their mean dotted in its colour."""
     try:
         plt = pyplot()
     except ImportError:
@@ -131,6 +132,7 @@ def plot(data: dict[str, Any], stems: list[str], path: Path, title: str = "") ->
     for ax in axes.flat[len(stems):]:
         ax.set_visible(False)
     methods = list(dict.fromkeys(r[0] for r in data["runs"]))
+    own_drawn = False
     for ax, st in zip(axes.flat, stems):
         rand = [a[st] for a in data["random"].values() if st in a]
         if rand:
@@ -146,16 +148,33 @@ def plot(data: dict[str, Any], stems: list[str], path: Path, title: str = "") ->
             xs = [x for x, _ in pts]
             ys = [statistics.mean(v) for _, v in pts]
             es = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in pts]
-            ax.errorbar(xs, ys, yerr=es, marker="os^vD<>pPX"[i % 10], capsize=3, color=plt.cm.tab10(i % 10), label=m)
+            color = plt.cm.tab10(i % 10)
+            ax.errorbar(xs, ys, yerr=es, marker="os^vD<>pPX"[i % 10], capsize=3, color=color, label=m)
+            own = [a[f"randarch_{st}"] for mm, _, _, _, accs in data["runs"] if mm == m
+                   for a in accs.values() if f"randarch_{st}" in a]
+            if own:  # the method's own architecture at random init (frozen protocols only)
+                ax.axhline(statistics.mean(own), color=color, ls=":", lw=1)
+                own_drawn = True
         ax.set_xscale("log", base=2)
         ax.set_title(label(st), fontsize=9)
         ax.set_xlabel("pretraining images seen")
         ax.set_ylabel("test top-1 (%), mean ± std over seeds", fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    rect = None
+    if len(methods) <= 4:
+        axes[0][0].legend(fontsize=7)
+    else:  # many lines: one legend for the figure, in a strip below the panels
+        ncol = min(len(names), 5)
+        strip = 0.3 * -(-len(names) // ncol) / fig.get_figheight()  # 0.3 in per legend row
+        fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+        rect = (0, strip, 1, 1)
+    if own_drawn:
+        title = "; ".join(filter(None, [title, "dotted: the method's own architecture at random init, "
+                                                "where it differs from random init's"]))
     if title:
         fig.suptitle(title, fontsize=7)
-    return save_figure(fig, path, dpi=120)
+    return save_figure(fig, path, dpi=120, rect=rect)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot-stems", nargs="+", default=None, help="the records to plot (default: --stems)")
     p.add_argument("--table", type=Path, default=None, help="also write the markdown table here")
     args = p.parse_args(argv)
-    data = collect(args.outs, args.methods, args.seeds, list(dict.fromkeys(args.stems + (args.plot_stems or []))))
+    plotted = args.plot_stems or args.stems
+    wanted = args.stems + plotted + [f"randarch_{s}" for s in plotted if not s.startswith("randarch_")]
+    data = collect(args.outs, args.methods, args.seeds, list(dict.fromkeys(wanted)))
     if not data["runs"]:
         raise SystemExit(f"no pretrained runs with {args.stems} results for seeds {args.seeds} in {args.outs}")
     md = table(data, args.stems)
@@ -178,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         args.table.write_text(md + "\n")
     if args.plot:
         title = f"seeds {args.seeds}, {cm.machine()}"
-        print(f"[lengths] plot {plot(data, args.plot_stems or args.stems, args.plot, title)}")
+        print(f"[lengths] plot {plot(data, plotted, args.plot, title)}")
     return 0
 
 

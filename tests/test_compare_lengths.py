@@ -69,3 +69,24 @@ def test_lengths_refuse_folders_evaluated_differently(tmp_path):
         cl.main(["--outs", str(a), str(b), "--stems", "finetune_frac0.1"])
     with pytest.raises(SystemExit, match="no results/ folder"):
         cl.main(["--outs", str(tmp_path / "nowhere")])
+
+
+def test_lengths_plot_reads_own_architecture_random_init_and_many_methods(tmp_path):
+    """Five methods (figure legend below the panels); a method with its own architecture's
+    random-init records gets them collected for the plot, though the table does not show them."""
+    cl = _module()
+    out = tmp_path / "b8192"
+    _folder(out, 8192, {0: 0.5}, random={0: 0.6})
+    for i, m in enumerate(["maskfeat", "sdae", "mfm", "supmae"]):
+        _write(out, m, 0, "pretrain", {"images_seen": 8192, "steps": 64, "minutes": 1.0})
+        _write(out, m, 0, "finetune_frac0.1", _eval(0.4 + 0.05 * i))
+    _write(out, "maskfeat", 0, "randarch_finetune_frac0.1", _eval(0.55))
+    png = tmp_path / "p.png"
+    assert cl.main(["--outs", str(out), "--seeds", "0", "--stems", "finetune_frac0.1", "--plot", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+    data = cl.collect([out], None, [0], ["finetune_frac0.1", "randarch_finetune_frac0.1"])
+    own = {m: accs[0].get("randarch_finetune_frac0.1") for m, _, _, _, accs in data["runs"]}
+    assert own == {"maskfeat": pytest.approx(55.0), "mae": None, "mfm": None, "sdae": None, "supmae": None}
+    rows = cl.table(data, ["finetune_frac0.1"]).splitlines()[2:]
+    assert [r.split("|")[1].strip() for r in rows] == ["random init", "mae", "maskfeat", "mfm", "sdae", "supmae"]
+    assert rows[2].split("|")[-2].strip() == "40.0 [0/1]"

@@ -19,9 +19,13 @@ def pyplot():
     return plt
 
 
-def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Lay out a matplotlib figure, write it to ``path`` (creating the folder), close it."""
-    fig.tight_layout()
+def save_figure(fig: Any, path: str | Path, dpi: int = 110,
+                rect: tuple[float, float, float, float] | None = None) -> Path:
+    """Lay out a matplotlib figure, write it to ``path`` (creating the folder), close it.
+
+    ``rect`` (left, bottom, right, top in figure fractions) keeps the panels inside it, e.g. to leave
+    room for a legend of the whole figure."""
+    fig.tight_layout(rect=rect)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
