@@ -71,10 +71,20 @@ def test_lengths_refuse_folders_evaluated_differently(tmp_path):
         cl.main(["--outs", str(tmp_path / "nowhere")])
 
 
-def test_lengths_plot_reads_own_architecture_random_init_and_many_methods(tmp_path):
+def test_lengths_plot_reads_own_architecture_random_init_and_many_methods(tmp_path, monkeypatch):
     """Five methods (figure legend below the panels); a method with its own architecture's
     random-init records gets them collected for the plot, though the table does not show them."""
     cl = _module()
+    drawn = {}
+
+    def spy(fig, path, **kw):  # what main's plot hands to save_figure, read before it is closed
+        ax = fig.axes[0]
+        drawn["dotted"] = [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+        drawn["figure_legends"], drawn["axis_legend"], drawn["rect"] = len(fig.legends), ax.get_legend(), kw["rect"]
+        return real(fig, path, **kw)
+
+    real = cl.save_figure
+    monkeypatch.setattr(cl, "save_figure", spy)
     out = tmp_path / "b8192"
     _folder(out, 8192, {0: 0.5}, random={0: 0.6})
     for i, m in enumerate(["maskfeat", "sdae", "mfm", "supmae"]):
@@ -84,6 +94,10 @@ def test_lengths_plot_reads_own_architecture_random_init_and_many_methods(tmp_pa
     png = tmp_path / "p.png"
     assert cl.main(["--outs", str(out), "--seeds", "0", "--stems", "finetune_frac0.1", "--plot", str(png)]) == 0
     assert png.stat().st_size > 10_000
+    # main collected maskfeat's own-architecture record without being asked: one dotted line at its top-1,
+    # and six legend entries went to one figure legend in a strip below the panels
+    assert drawn["dotted"] == [pytest.approx(55.0)]
+    assert (drawn["figure_legends"], drawn["axis_legend"]) == (1, None) and drawn["rect"][1] > 0
     data = cl.collect([out], None, [0], ["finetune_frac0.1", "randarch_finetune_frac0.1"])
     own = {m: accs[0].get("randarch_finetune_frac0.1") for m, _, _, _, accs in data["runs"]}
     assert own == {"maskfeat": pytest.approx(55.0), "mae": None, "mfm": None, "sdae": None, "supmae": None}
