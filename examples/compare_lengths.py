@@ -8,6 +8,8 @@ It answers the question the one-budget table cannot: from what length on does pr
 
     .venv/bin/python examples/compare_lengths.py --outs runs/compare_med runs/compare_med/len/b32768 \\
         runs/compare_med/len/b131072 --methods mae --plot docs/compare_lengths.png
+
+``--paired mae`` adds the per-seed differences to MAE of the same seed and length.
 """
 from __future__ import annotations
 
@@ -116,6 +118,35 @@ def table(data: dict[str, Any], stems: list[str]) -> str:
     return "\n".join(lines)
 
 
+def paired(data: dict[str, Any], stems: list[str], ref: str) -> str:
+    """Each method's top-1 minus ``ref``'s, seed by seed, at the same length.
+
+    Two runs of one seed share the labelled pool, the test subset and the evaluation's randomness, so
+    their difference is free of the seed-to-seed spread that the mean ± std table carries. A cell
+    lists the differences in seed order, then their mean and in how many seeds the method is above."""
+    refs = {images: accs for m, images, _, _, accs in data["runs"] if m == ref}
+    if not refs:
+        found = sorted({r[0] for r in data["runs"]})
+        raise SystemExit(f"--paired {ref}: no {ref} runs to compare with (runs found: {found})")
+    head = ["method", "images seen", "seeds"] + [f"{label(s)} − {ref}" for s in stems]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, images, _, _, accs in data["runs"]:
+        base = refs.get(images)
+        if m == ref or base is None:
+            continue
+        seeds = sorted(s for s in accs if s in base)
+        cells = []
+        for st in stems:
+            d = [accs[s][st] - base[s][st] for s in seeds if st in accs[s] and st in base[s]]
+            cell = " / ".join(f"{x:+.1f}" for x in d) or "–"
+            if len(d) > 1:
+                cell += f" (mean {statistics.mean(d):+.1f}, above in {sum(x > 0 for x in d)}/{len(d)})"
+            cells.append(cell)
+        if seeds:
+            lines.append(f"| {m} | {images} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(data: dict[str, Any], stems: list[str], path: Path, title: str = "") -> Path | None:
     """One panel per protocol: top-1 (mean ± std over seeds) against pretraining images seen (log
     axis), one line per method, random init's mean ± std as a dashed line in a grey band, and where
@@ -186,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stems", nargs="+", default=list(DEFAULT_STEMS), help="records to show, e.g. finetune_frac0.1")
     p.add_argument("--plot", type=Path, default=None, help="the PNG (default: none)")
     p.add_argument("--plot-stems", nargs="+", default=None, help="the records to plot (default: --stems)")
-    p.add_argument("--table", type=Path, default=None, help="also write the markdown table here")
+    p.add_argument("--table", type=Path, default=None, help="also write the markdown table(s) here")
+    p.add_argument("--paired", metavar="METHOD", default=None,
+                   help="also tabulate every method's per-seed top-1 minus METHOD's at the same length")
     args = p.parse_args(argv)
     plotted = args.plot_stems or args.stems
     wanted = args.stems + plotted + [f"randarch_{s}" for s in plotted if not s.startswith("randarch_")]
@@ -194,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     if not data["runs"]:
         raise SystemExit(f"no pretrained runs with {args.stems} results for seeds {args.seeds} in {args.outs}")
     md = table(data, args.stems)
+    if args.paired:
+        md += "\n\n" + paired(data, args.stems, args.paired)
     print(md)
     if args.table:
         args.table.write_text(md + "\n")

@@ -104,3 +104,27 @@ def test_lengths_plot_reads_own_architecture_random_init_and_many_methods(tmp_pa
     rows = cl.table(data, ["finetune_frac0.1"]).splitlines()[2:]
     assert [r.split("|")[1].strip() for r in rows] == ["random init", "mae", "maskfeat", "mfm", "sdae", "supmae"]
     assert rows[2].split("|")[-2].strip() == "40.0 [0/1]"
+
+
+def test_lengths_paired_table_gives_per_seed_differences_at_the_same_length(tmp_path):
+    """--paired mae: each method's top-1 minus MAE's of the same seed and budget; seeds MAE lacks and
+    budgets MAE was not run at are left out, and an absent reference is named."""
+    cl = _module()
+    short, long = tmp_path / "short", tmp_path / "long"
+    _folder(short, 8192, {0: 0.50, 1: 0.56}, random={0: 0.60, 1: 0.64})
+    _folder(long, 32768, {0: 0.70, 1: 0.60})
+    for seed, top1 in {0: 0.74, 1: 0.58, 2: 0.99}.items():  # seed 2: MAE has none at this length
+        _write(long, "supmae", seed, "pretrain", {"images_seen": 32768, "steps": 256, "minutes": 3.0})
+        _write(long, "supmae", seed, "finetune_frac0.1", _eval(top1))
+    _write(long, "sdae", 0, "pretrain", {"images_seen": 65536, "steps": 512, "minutes": 6.0})  # no MAE there
+    _write(long, "sdae", 0, "finetune_frac0.1", _eval(0.9))
+    out = tmp_path / "t.md"
+    assert cl.main(["--outs", str(short), str(long), "--stems", "finetune_frac0.1", "--paired", "mae",
+                    "--table", str(out)]) == 0
+    text = out.read_text()
+    paired = text.split("\n\n")[1].splitlines()
+    assert paired[0] == "| method | images seen | seeds | FT 10% − mae |"
+    assert [[c.strip() for c in r.split("|")[1:-1]] for r in paired[2:]] == [
+        ["supmae", "32768", "0, 1", "+4.0 / -2.0 (mean +1.0, above in 1/2)"]]
+    with pytest.raises(SystemExit, match=r"--paired ibot: no ibot runs to compare with \(runs found: \['mae', "):
+        cl.main(["--outs", str(long), "--stems", "finetune_frac0.1", "--paired", "ibot"])
