@@ -135,6 +135,8 @@ def paired(data: dict[str, Any], stems: list[str], ref: str) -> str:
         if m == ref or base is None:
             continue
         seeds = sorted(s for s in accs if s in base)
+        if not seeds:
+            continue
         cells = []
         for st in stems:
             d = [accs[s][st] - base[s][st] for s in seeds if st in accs[s] and st in base[s]]
@@ -142,8 +144,7 @@ def paired(data: dict[str, Any], stems: list[str], ref: str) -> str:
             if len(d) > 1:
                 cell += f" (mean {statistics.mean(d):+.1f}, above in {sum(x > 0 for x in d)}/{len(d)})"
             cells.append(cell)
-        if seeds:
-            lines.append(f"| {m} | {images} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m} | {images} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
