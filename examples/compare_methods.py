@@ -215,7 +215,7 @@ def pretrain(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
             raise RuntimeError(f"MILAN needs the FLIP teacher of this comparison: run flip first ({flip} has no run)")
         teacher = rec["run"]
         method_specific.append(f"model.teacher.source={teacher}")
-    overrides += method_specific
+    overrides += method_specific + list(args.set)  # --set: the same execution option for every method
     t0, load0 = time.perf_counter(), loadavg()
     with PeakRSS() as mem:
         run = mimkit.train({"method": preset}, overrides=overrides, overwrite=True)
@@ -232,7 +232,10 @@ def pretrain(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
             "peak_cuda_mib": mem.cuda_peak, "encoder_params": _count(getattr(model, "encoder", None)),
             "total_params": _count(model), "overrides": overrides, "method_overrides": method_specific,
             "teacher_run": teacher, "machine": machine(), "load_avg_1min": [load0, loadavg()],
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "extra_overrides": list(args.set),
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "parallel_jobs": args.parallel_of}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,6 +413,83 @@ def run_method(method: str, seed: int, args: argparse.Namespace, log: list[str])
             return
     for stem, fn in jobs(method, seed, args):
         run_one(folder / f"{stem}.json", lambda fn=fn: fn(pre), args, log)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel sittings: one subprocess per (method, seed)
+
+# rough pretraining cost order (this machine's one-thread minutes at 1,024 steps): the dearest units
+# start first, so that the last ones to finish are short
+COST_ORDER = ("attmask", "ibot", "igpt", "cmae", "bootmae", "macrl", "mfm", "maskfeat", "sdae", "flip", "milan",
+              "siamese_mim", "mae", "supmae", RANDOM)
+
+
+def unit_order(methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """Every (method, seed), seed by seed (a sitting stopped early has whole seeds), the dearest
+    methods of a seed first; methods not in COST_ORDER keep their order, after the known ones."""
+    rank = {m: i for i, m in enumerate(COST_ORDER)}
+    by_cost = sorted(methods, key=lambda m: (rank.get(m, len(rank)), methods.index(m)))
+    return [(m, s) for s in seeds for m in by_cost]
+
+
+def ready(unit: tuple[str, int], waiting: list[tuple[str, int]], running: set[tuple[str, int]], out: Path) -> bool:
+    """A unit may start unless it needs a run that is not there yet: MILAN seed S distils the FLIP run
+    of seed S, so it waits while (flip, S) waits, or runs without its pretraining record yet."""
+    method, seed = unit
+    flip = ("flip", seed)
+    if method != "milan" or (flip not in waiting and flip not in running):
+        return True
+    return flip in running and (out / "results" / "flip" / f"seed{seed}" / "pretrain.json").exists()
+
+
+def unit_argv(method: str, seed: int, args: argparse.Namespace) -> list[str]:
+    """The command line of one unit: this sitting's settings for one (method, seed), no report."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--methods", method, "--seeds", str(seed),
+            "--out", str(args.out), "--budget", str(args.budget), "--lp-epochs", str(args.lp_epochs),
+            "--ft-epochs", *map(str, args.ft_epochs), "--ft-blr", repr(args.ft_blr),
+            "--occlusion-images", str(args.occlusion_images), "--fractions", *map(repr, args.fractions),
+            "--protocols", *args.protocols, "--no-report", "--parallel-of", str(args.jobs)]
+    for flag, value in (("--limit-train", args.limit_train), ("--limit-test", args.limit_test)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for kv in args.set:
+        argv += ["--set", kv]
+    return argv + (["--quick"] if args.quick else []) + (["--retry-errors"] if args.retry_errors else [])
+
+
+def run_parallel(methods: list[str], args: argparse.Namespace, log: list[str]) -> None:
+    """Run the (method, seed) units in ``--jobs`` subprocesses (each resumable on its own, as a
+    serial sitting is), logging to ``OUT/logs/METHOD_seedS.log``. Threads per process: the CPU
+    count / jobs unless OMP_NUM_THREADS is set. No unit starts after ``--stop-after`` seconds."""
+    import subprocess
+
+    waiting, running = unit_order(methods, args.seeds), {}
+    (args.out / "logs").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+    t0 = time.perf_counter()
+    while waiting or running:
+        late = args.stop_after is not None and time.perf_counter() - t0 >= args.stop_after
+        if late and waiting:
+            print(f"[compare] --stop-after {args.stop_after:g} s: not started {waiting}", flush=True)
+            log += [f"late {m} seed {s}" for m, s in waiting]
+            waiting = []
+        while waiting and len(running) < args.jobs:
+            unit = next((u for u in waiting if ready(u, waiting, set(running), args.out)), None)
+            if unit is None:
+                break
+            waiting.remove(unit)
+            with open(args.out / "logs" / f"{unit[0]}_seed{unit[1]}.log", "ab") as fh:
+                running[unit] = (subprocess.Popen(unit_argv(*unit, args), stdout=fh, stderr=subprocess.STDOUT,
+                                                  env=env), time.perf_counter())
+            print(f"[compare] start {unit[0]} seed {unit[1]} ({len(running)} running, {len(waiting)} waiting)",
+                  flush=True)
+        time.sleep(0.2)
+        for unit, (proc, start) in list(running.items()):
+            if proc.poll() is not None:
+                del running[unit]
+                log.append(f"unit {unit[0]} seed {unit[1]} rc={proc.returncode} {time.perf_counter() - start:.0f} s")
+                print(f"[compare] {log[-1]}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,7 +680,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true",
                    help="compute nothing: the table, README section and plot from the results already in --out")
     p.add_argument("--quick", action="store_true", help="tiny budget and eval subsets: a smoke test")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra pretraining override for every method, recorded (e.g. train.compile=false)")
+    p.add_argument("--jobs", type=int, default=1, help="(method, seed) units run at once, one subprocess each")
+    p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                   help="with --jobs: start no unit after this many seconds (a sitting that fits a lease)")
+    p.add_argument("--no-report", action="store_true", help="compute only: no table, README section or plot")
+    p.add_argument("--parallel-of", type=int, default=1, help=argparse.SUPPRESS)  # recorded: units run at once
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.quick:
         args.budget = args.budget or 64
         args.limit_train, args.limit_test = args.limit_train or 500, args.limit_test or 100
@@ -622,9 +711,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
     t0 = time.perf_counter()
-    for m in methods if not args.report_only else []:
-        for s in args.seeds:
-            run_method(m, s, args, log)
+    if args.jobs > 1 and not args.report_only:
+        run_parallel(methods, args, log)
+    else:
+        for m in methods if not args.report_only else []:
+            for s in args.seeds:
+                run_method(m, s, args, log)
+    if args.no_report:
+        return 0
     def asked(stem: str, rec: dict, m: str, s: int) -> bool:
         """Pretraining or a protocol of --protocols, computed with this sitting's settings."""
         wanted = stem == "pretrain" or stem.removeprefix("randarch_").split("_frac")[0] in args.protocols

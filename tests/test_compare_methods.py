@@ -226,3 +226,54 @@ def test_a_pretraining_stopped_by_a_signal_records_nothing(tmp_path, monkeypatch
         cm.run_method("mae", 0, args, [])
     assert not list((tmp_path / "results").rglob("*.json"))
 
+
+
+def test_parallel_units_start_in_cost_order_and_milan_waits_for_its_flip_teacher(tmp_path):
+    cm = _module()
+    units = cm.unit_order(["mae", "milan", "flip", "attmask", "random", "newcomer"], [0, 1])
+    assert units[:6] == [("attmask", 0), ("flip", 0), ("milan", 0), ("mae", 0), ("random", 0), ("newcomer", 0)]
+    assert [s for _, s in units] == [0] * 6 + [1] * 6  # seed by seed: a sitting stopped early has whole seeds
+    waiting = [("milan", 0), ("flip", 1), ("milan", 1)]
+    assert not cm.ready(("milan", 1), waiting, set(), tmp_path)  # its FLIP has not started
+    assert not cm.ready(("milan", 0), waiting, {("flip", 0)}, tmp_path)  # FLIP pretraining, no record yet
+    rec = tmp_path / "results" / "flip" / "seed0" / "pretrain.json"
+    rec.parent.mkdir(parents=True)
+    rec.write_text("{}")
+    assert cm.ready(("milan", 0), waiting, {("flip", 0)}, tmp_path)  # FLIP's evaluations may still run
+    assert cm.ready(("milan", 0), waiting, set(), tmp_path) and cm.ready(("mae", 1), waiting, set(), tmp_path)
+
+
+def test_parallel_sitting_matches_a_serial_one(tmp_path, monkeypatch):
+    """--jobs 2: one subprocess per (method, seed), the same records as the same units run in this
+    process (one thread each, so the arithmetic is the same); --set reaches the pretraining and is
+    recorded; --stop-after 0 starts nothing."""
+    cm = _module()
+    pytest.importorskip("mimkit_mae")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    common = ["--quick", "--methods", "mae", "random", "--protocols", "knn", "--fractions", "0.1",
+              "--limit-test", "50", "--set", "train.log_every=1"]
+    par, ser = tmp_path / "par", tmp_path / "ser"
+    assert cm.main(common + ["--seeds", "0", "1", "--jobs", "2", "--out", str(par), "--readme", str(tmp_path / "a.md")]) == 0
+    torch.set_num_threads(1)
+    try:
+        assert cm.main(common + ["--seeds", "1", "--out", str(ser), "--readme", str(tmp_path / "b.md")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    log = (par / "log.txt").read_text()
+    for m in ("mae", "random"):
+        for s in (0, 1):
+            assert f"unit {m} seed {s} rc=0" in log and (par / "logs" / f"{m}_seed{s}.log").stat().st_size > 0
+        a, b = (json.loads((o / "results" / m / "seed1" / "knn_frac0.1.json").read_text()) for o in (par, ser))
+        assert "error" not in a and (a["top1"], a["indices_sha256"]) == (b["top1"], b["indices_sha256"])
+    pre = json.loads((par / "results" / "mae" / "seed0" / "pretrain.json").read_text())
+    assert pre["parallel_jobs"] == 2 and pre["extra_overrides"] == ["train.log_every=1"]
+    assert "train.log_every=1" in pre["overrides"] and pre["device"] == "cpu"
+    rows = [ln for ln in (tmp_path / "a.md").read_text().splitlines() if ln.startswith("| mae") or ln.startswith("| random")]
+    assert len(rows) == 2  # the parent's report reads what the units wrote
+
+    late = tmp_path / "late"
+    assert cm.main(common + ["--seeds", "0", "--jobs", "2", "--stop-after", "0", "--out", str(late),
+                             "--readme", str(tmp_path / "c.md")]) == 0
+    assert not (late / "results").exists()
+    assert sorted((late / "log.txt").read_text().split("\n")[:2]) == ["late mae seed 0", "late random seed 0"]
