@@ -3,6 +3,7 @@
     .venv/bin/python examples/compare_methods.py                       # the full comparison (hours; resumable)
     .venv/bin/python examples/compare_methods.py --methods mae supmae random --seeds 0
     .venv/bin/python examples/compare_methods.py --quick --out runs/compare_quick   # smoke scale (~1 min/method)
+    python examples/compare_methods.py --jobs 15 --stop-after 360 --set train.compile=false  # a GPU, 15 processes
 
 Methods: every registered preset whose name ends with ``_tiny_fashion_mnist`` (the method is the
 preset name without that suffix) less ``EXCLUDED`` (with the reason), plus ``random`` (the common
@@ -551,7 +552,8 @@ def table(res: dict, methods: list[str] | None = None) -> str:
     rows = methods or sorted(res, key=lambda k: (k == RANDOM, k))
     # only the protocols that ran for some method (a partial run, e.g. --protocols knn linprobe)
     cols = [c for c in COLUMNS if any(c[1] in s for m in rows for s in res.get(m, {}).values())]
-    head += [c[0] for c in cols] + ["overrides (encoder, teacher)"]
+    gpu = any((s.get("pretrain") or {}).get("peak_cuda_mib") for m in rows for s in res.get(m, {}).values())
+    head += ["peak GPU (MiB)"] * gpu + [c[0] for c in cols] + ["overrides (encoder, teacher)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in rows:
         seeds = res.get(m, {})
@@ -570,6 +572,9 @@ def table(res: dict, methods: list[str] | None = None) -> str:
                _cell([p["images_per_s"] for p in ok], digits=0) if ok else "–",
                _cell([p["minutes"] for p in ok], digits=2) if ok else ("0" if m == RANDOM else "–"),
                _cell([p["peak_rss_mib"] for p in ok], digits=0) if ok else "–"]
+        if gpu:  # a GPU sitting: the peak allocated CUDA memory of the pretraining
+            cuda = [p["peak_cuda_mib"] for p in ok if p.get("peak_cuda_mib")]
+            row.append(_cell(cuda, digits=0) if cuda else "–")
         for _, stem, key, scale in cols:
             vals = [v for s in seeds.values() if (v := _value(s.get(stem), key)) is not None]
             na = next((why for (mm, proto), why in NOT_APPLICABLE.items() if mm == m and stem.startswith(proto)), None)
@@ -583,12 +588,33 @@ def table(res: dict, methods: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_readme(readme: Path, md: str, header: str) -> None:
-    """Replace the text between the markers (appended with the markers when absent)."""
-    block = f"{BEGIN}\n{header}\n\n{md}\n{END}"
+def where_pretrained(res: dict) -> str:
+    """The machines the shown runs were pretrained on, as their records name them (a GPU first), with
+    the number of units that ran at once where a sitting ran several: the report may be made elsewhere."""
+    seen = set()
+    for by_seed in res.values():
+        for r in by_seed.values():
+            pre = r.get("pretrain") or {}
+            if pre.get("machine"):
+                jobs = pre.get("parallel_jobs") or 1
+                seen.add((f"{pre['gpu']} GPU + " if pre.get("gpu") else "") + pre["machine"]
+                         + (f", {jobs} (method, seed) units at once" if jobs > 1 else ""))
+    return "; ".join(sorted(seen))
+
+
+def markers(section: str | None = None) -> tuple[str, str]:
+    """The README markers of the table: ``<!-- compare:begin -->`` / ``<!-- compare:end -->``, or
+    ``<!-- compare:SECTION:begin -->`` / ``...:end -->`` for another table of the same README."""
+    return (BEGIN, END) if section is None else (f"<!-- compare:{section}:begin -->", f"<!-- compare:{section}:end -->")
+
+
+def write_readme(readme: Path, md: str, header: str, section: str | None = None) -> None:
+    """Replace the text between the markers of ``section`` (appended with them when absent)."""
+    begin, end = markers(section)
+    block = f"{begin}\n{header}\n\n{md}\n{end}"
     text = readme.read_text() if readme.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
     readme.write_text(text)
@@ -685,6 +711,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="(method, seed) units run at once, one subprocess each")
     p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
                    help="with --jobs: start no unit after this many seconds (a sitting that fits a lease)")
+    p.add_argument("--section", default=None, metavar="NAME",
+                   help="regenerate the README table between <!-- compare:NAME:begin/end --> instead of the main one")
     p.add_argument("--no-report", action="store_true", help="compute only: no table, README section or plot")
     p.add_argument("--parallel-of", type=int, default=1, help=argparse.SUPPRESS)  # recorded: units run at once
     args = p.parse_args(argv)
@@ -741,13 +769,14 @@ def main(argv: list[str] | None = None) -> int:
     loads = [x for m in methods for s in res.get(m, {}).values()
              for x in (s.get("pretrain") or {}).get("load_avg_1min") or [] if x is not None]
     load = f"; 1-min load average during pretraining {min(loads):g}-{max(loads):g}" if loads else ""
+    where = where_pretrained(res) or machine()
     header = (f"Fashion-MNIST test top-1 (%), mean ± std over seeds {args.seeds} ({scale} run: pretraining budget "
               f"{args.budget} images seen; labelled pool {args.limit_train or 60000}, test items "
-              f"{args.limit_test or 10000}). {machine()}{load}. Generated by `examples/compare_methods.py "
+              f"{args.limit_test or 10000}). {where}{load}. Generated by `examples/compare_methods.py "
               f"{' '.join(argv if argv is not None else sys.argv[1:])}`.")
-    header_short = f"{args.budget} images seen, seeds {args.seeds}, {machine()}"
+    header_short = f"{args.budget} images seen, seeds {args.seeds}, {where}"
     (args.out / "table.md").write_text(header + "\n\n" + md + "\n")
-    write_readme(args.readme, md, header)
+    write_readme(args.readme, md, header, args.section)
     # the plot: linear probe and fine-tuning at 10% (or the largest fraction) where this call covers them
     frac = 0.1 if 0.1 in args.fractions else args.fractions[-1]
     covered = [p for p in ("linprobe", "finetune") if p in args.protocols] or (

@@ -114,6 +114,12 @@ def test_readme_section_is_replaced_not_duplicated(tmp_path):
     text = readme.read_text()
     assert text.count(cm.BEGIN) == 1 and text.count(cm.END) == 1
     assert "second" in text and "| 2 |" in text and "| 1 |" not in text and text.startswith("# title\n\nbefore")
+    # a named section is another table: the main one stays as it was
+    cm.write_readme(readme, "| b |\n|---|\n| 3 |", "other", section="full")
+    cm.write_readme(readme, "| b |\n|---|\n| 4 |", "other again", section="full")
+    text = readme.read_text()
+    assert text.count("<!-- compare:full:begin -->") == 1 and "| 4 |" in text and "| 3 |" not in text
+    assert text.count(cm.BEGIN) == 1 and "| 2 |" in text
 
 
 def test_quick_run_writes_results_and_resumes(tmp_path, monkeypatch):
