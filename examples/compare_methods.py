@@ -555,6 +555,7 @@ def table(res: dict, methods: list[str] | None = None) -> str:
     gpu = any((s.get("pretrain") or {}).get("peak_cuda_mib") for m in rows for s in res.get(m, {}).values())
     head += ["peak GPU (MiB)"] * gpu + [c[0] for c in cols] + ["overrides (encoder, teacher)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    odd = elsewhere({m: res[m] for m in rows if m in res})
     for m in rows:
         seeds = res.get(m, {})
         if not seeds:
@@ -569,8 +570,8 @@ def table(res: dict, methods: list[str] | None = None) -> str:
         row = [m if not errors else f"{m} ({len(errors)} failed)", str(len(seeds)),
                f"{enc / 1e6:.2f}" if enc else "–",
                str(ok[0]["images_seen"]) if ok else ("0" if m == RANDOM else "–"),
-               _cell([p["images_per_s"] for p in ok], digits=0) if ok else "–",
-               _cell([p["minutes"] for p in ok], digits=2) if ok else ("0" if m == RANDOM else "–"),
+               _cell([p["images_per_s"] for p in ok], digits=0) + " †" * (m in odd) if ok else "–",
+               _cell([p["minutes"] for p in ok], digits=2) + " †" * (m in odd) if ok else ("0" if m == RANDOM else "–"),
                _cell([p["peak_rss_mib"] for p in ok], digits=0) if ok else "–"]
         if gpu:  # a GPU sitting: the peak allocated CUDA memory of the pretraining
             cuda = [p["peak_cuda_mib"] for p in ok if p.get("peak_cuda_mib")]
@@ -585,21 +586,42 @@ def table(res: dict, methods: list[str] | None = None) -> str:
         over = ok[0].get("method_overrides") if ok else None
         row.append("–" if not over else ", ".join(f"`{o.split('=')[0].split('.')[-1]}={_short(o)}`" for o in over))
         lines.append("| " + " | ".join(row) + " |")
+    for machine_ in sorted(set(odd.values())):
+        lines.append(f"\n† pretrained (some or all seeds) on {machine_}, not the machine of the other rows: "
+                     f"{', '.join(m for m, h in odd.items() if h == machine_)}; their images/s and minutes "
+                     "are not comparable with the others'.")
     return "\n".join(lines)
 
 
+def host(pre: dict) -> str | None:
+    """The machine a pretraining record ran on, as it names it (its GPU first), or None."""
+    if not pre.get("machine"):
+        return None
+    return (f"{pre['gpu']} GPU + " if pre.get("gpu") else "") + pre["machine"]
+
+
 def where_pretrained(res: dict) -> str:
-    """The machines the shown runs were pretrained on, as their records name them (a GPU first), with
-    the number of units that ran at once where a sitting ran several: the report may be made elsewhere."""
+    """The machines the shown runs were pretrained on, as their records name them, with the number of
+    units that ran at once where a sitting ran several: the report may be made elsewhere."""
     seen = set()
     for by_seed in res.values():
         for r in by_seed.values():
             pre = r.get("pretrain") or {}
-            if pre.get("machine"):
+            if host(pre):
                 jobs = pre.get("parallel_jobs") or 1
-                seen.add((f"{pre['gpu']} GPU + " if pre.get("gpu") else "") + pre["machine"]
-                         + (f", {jobs} (method, seed) units at once" if jobs > 1 else ""))
+                seen.add(host(pre) + (f", {jobs} (method, seed) units at once" if jobs > 1 else ""))
     return "; ".join(sorted(seen))
+
+
+def elsewhere(res: dict) -> dict[str, str]:
+    """{method: machine} for the rows with a pretraining on another machine than most of the shown
+    pretrainings: their minutes and images/s are not comparable with the others' (marked †)."""
+    hosts = [h for by_seed in res.values() for r in by_seed.values() if (h := host(r.get("pretrain") or {}))]
+    if len(set(hosts)) < 2:
+        return {}
+    common = max(set(hosts), key=hosts.count)
+    return {m: h for m, by_seed in res.items() for r in by_seed.values()
+            if (h := host(r.get("pretrain") or {})) and h != common}
 
 
 def markers(section: str | None = None) -> tuple[str, str]:
@@ -629,6 +651,7 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
         plt = pyplot()
     except ImportError:
         return None
+    odd = elsewhere({m: res[m] for m in (methods or res) if m in res})
     panels = []  # (stem, [(method, minutes, mean %, std %)])
     for stem in [stems] if isinstance(stems, str) else stems:
         points = []
@@ -653,7 +676,7 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
                 ax.axhline(y, color="grey", ls="--", lw=1, label="random init (mean)")
             ax.errorbar([x], [y], yerr=[sd] if sd else None, fmt=markers[i % len(markers)], ms=7, capsize=3,
                         color=plt.cm.tab20(i % 20), label=m)
-            ax.annotate(m, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
+            ax.annotate(m + " †" * (m in odd), (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
         protocol, _, frac = stem.partition("_frac")
         name = {"linprobe": "linear probe", "finetune": "fine-tuning", "knn": "k-NN"}.get(protocol, protocol)
         ax.set_title(f"{name}, {float(frac):.0%} labels" if frac else name, fontsize=9)
@@ -661,6 +684,8 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
         ax.set_ylabel("test top-1 (%), mean ± std over seeds")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6, ncol=2)
+    if odd:
+        title += ("\n" if title else "") + f"† pretrained on another machine (minutes not comparable): {', '.join(sorted(odd))}"
     if title:
         fig.suptitle(title, fontsize=7)
     return save_figure(fig, path, dpi=120)

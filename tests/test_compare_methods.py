@@ -81,6 +81,28 @@ def test_table_marks_not_applicable_and_hides_protocols_that_did_not_run():
     assert "0.250 (n=1)" in mae  # occlusion ran for one of the row's two seeds
 
 
+def test_rows_pretrained_on_another_machine_are_marked_and_gpu_memory_shown(tmp_path):
+    cm = _module()
+    gpu = {"images_seen": 10, "images_per_s": 900.0, "minutes": 2.0, "peak_rss_mib": 900.0, "encoder_params": 2.7e6,
+           "method_overrides": [], "machine": "Xeon, 16 cores", "gpu": "H200", "peak_cuda_mib": 400.0,
+           "parallel_jobs": 15}
+    cpu = {**gpu, "images_per_s": 60.0, "minutes": 65.0, "machine": "Xeon, 2 cores", "gpu": None,
+           "peak_cuda_mib": None, "parallel_jobs": 1}
+    res = {"mae": {0: {"pretrain": gpu, "knn_frac0.1": {"top1": 0.7}}},
+           "supmae": {0: {"pretrain": gpu, "knn_frac0.1": {"top1": 0.7}}},
+           "macrl": {0: {"pretrain": cpu, "knn_frac0.1": {"top1": 0.6}}}}
+    assert cm.elsewhere(res) == {"macrl": "Xeon, 2 cores"}
+    assert cm.where_pretrained(res) == "H200 GPU + Xeon, 16 cores, 15 (method, seed) units at once; Xeon, 2 cores"
+    lines = cm.table(res, ["mae", "supmae", "macrl"]).splitlines()
+    assert "peak GPU (MiB)" in lines[0]
+    mae, macrl = lines[2], lines[4]
+    assert "| 900 | 2.00 |" in mae and "| 400 |" in mae
+    assert "| 60 † | 65.00 † |" in macrl and macrl.split("|")[8].strip() == "–"  # no GPU memory on the CPU
+    assert lines[-1].startswith("† pretrained (some or all seeds) on Xeon, 2 cores") and "macrl;" in lines[-1]
+    assert cm.elsewhere({"mae": res["mae"], "macrl": res["macrl"] | {1: {"pretrain": cpu}}}) == {"mae": "H200 GPU + Xeon, 16 cores"}
+    assert "†" not in cm.table({"mae": res["mae"]})
+
+
 def test_own_architecture_baseline_only_where_random_init_differs():
     """MaskFeat / MFM / AttMask (timm init, learned positions) and iGPT get their own random-init
     baseline; the methods built on MAE's encoder (sincos, MAE init) share the ``random`` row."""
