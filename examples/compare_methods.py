@@ -555,7 +555,8 @@ def table(res: dict, methods: list[str] | None = None) -> str:
     gpu = any((s.get("pretrain") or {}).get("peak_cuda_mib") for m in rows for s in res.get(m, {}).values())
     head += ["peak GPU (MiB)"] * gpu + [c[0] for c in cols] + ["overrides (encoder, teacher)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    odd = elsewhere({m: res[m] for m in rows if m in res})
+    shown = {m: res[m] for m in rows if m in res}
+    odd, common = elsewhere(shown), common_host(shown)
     for m in rows:
         seeds = res.get(m, {})
         if not seeds:
@@ -567,15 +568,18 @@ def table(res: dict, methods: list[str] | None = None) -> str:
         if m == RANDOM:  # the architecture of RANDOM_ARCH, when that method ran
             arch = [s.get("pretrain") or {} for s in res.get(RANDOM_ARCH[: -len(SUFFIX)], {}).values()]
             enc = next((a["encoder_params"] for a in arch if a.get("encoder_params")), None)
+        # cost: the seeds pretrained on the common machine where the row has any (n=K says how many)
+        cost, mark = ([p for p in ok if host(p) == common] or ok, " †") if m in odd else (ok, "")
+        n = len(ok) if len(cost) < len(ok) else 0
         row = [m if not errors else f"{m} ({len(errors)} failed)", str(len(seeds)),
                f"{enc / 1e6:.2f}" if enc else "–",
                str(ok[0]["images_seen"]) if ok else ("0" if m == RANDOM else "–"),
-               _cell([p["images_per_s"] for p in ok], digits=0) + " †" * (m in odd) if ok else "–",
-               _cell([p["minutes"] for p in ok], digits=2) + " †" * (m in odd) if ok else ("0" if m == RANDOM else "–"),
-               _cell([p["peak_rss_mib"] for p in ok], digits=0) if ok else "–"]
+               _cell([p["images_per_s"] for p in cost], digits=0, seeds=n) + mark if ok else "–",
+               _cell([p["minutes"] for p in cost], digits=2, seeds=n) + mark if ok else ("0" if m == RANDOM else "–"),
+               _cell([p["peak_rss_mib"] for p in cost], digits=0, seeds=n) if ok else "–"]
         if gpu:  # a GPU sitting: the peak allocated CUDA memory of the pretraining
             cuda = [p["peak_cuda_mib"] for p in ok if p.get("peak_cuda_mib")]
-            row.append(_cell(cuda, digits=0) if cuda else "–")
+            row.append(_cell(cuda, digits=0, seeds=len(ok)) if cuda else "–")
         for _, stem, key, scale in cols:
             vals = [v for s in seeds.values() if (v := _value(s.get(stem), key)) is not None]
             na = next((why for (mm, proto), why in NOT_APPLICABLE.items() if mm == m and stem.startswith(proto)), None)
@@ -587,9 +591,9 @@ def table(res: dict, methods: list[str] | None = None) -> str:
         row.append("–" if not over else ", ".join(f"`{o.split('=')[0].split('.')[-1]}={_short(o)}`" for o in over))
         lines.append("| " + " | ".join(row) + " |")
     for machine_ in sorted(set(odd.values())):
-        lines.append(f"\n† pretrained (some or all seeds) on {machine_}, not the machine of the other rows: "
-                     f"{', '.join(m for m, h in odd.items() if h == machine_)}; their images/s and minutes "
-                     "are not comparable with the others'.")
+        lines.append(f"\n† pretrained (some or all seeds) on {machine_}, not {common}: "
+                     f"{', '.join(m for m, h in odd.items() if h == machine_)}; their cost cells show only the "
+                     "seeds pretrained on the latter where there are any (n=K), else theirs, not comparable.")
     return "\n".join(lines)
 
 
@@ -613,15 +617,18 @@ def where_pretrained(res: dict) -> str:
     return "; ".join(sorted(seen))
 
 
-def elsewhere(res: dict) -> dict[str, str]:
-    """{method: machine} for the rows with a pretraining on another machine than most of the shown
-    pretrainings: their minutes and images/s are not comparable with the others' (marked †)."""
+def common_host(res: dict) -> str | None:
+    """The machine most of the shown pretrainings ran on; None when they all ran on one."""
     hosts = [h for by_seed in res.values() for r in by_seed.values() if (h := host(r.get("pretrain") or {}))]
-    if len(set(hosts)) < 2:
-        return {}
-    common = max(set(hosts), key=hosts.count)
+    return max(sorted(set(hosts)), key=hosts.count) if len(set(hosts)) > 1 else None
+
+
+def elsewhere(res: dict) -> dict[str, str]:
+    """{method: machine} for the rows with a pretraining on another machine than ``common_host``:
+    their cost is not comparable with the others' (marked †)."""
+    common = common_host(res)
     return {m: h for m, by_seed in res.items() for r in by_seed.values()
-            if (h := host(r.get("pretrain") or {})) and h != common}
+            if common and (h := host(r.get("pretrain") or {})) and h != common}
 
 
 def markers(section: str | None = None) -> tuple[str, str]:
@@ -651,16 +658,20 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
         plt = pyplot()
     except ImportError:
         return None
-    odd = elsewhere({m: res[m] for m in (methods or res) if m in res})
-    panels = []  # (stem, [(method, minutes, mean %, std %)])
+    shown = {m: res[m] for m in (methods or res) if m in res}
+    odd, common = elsewhere(shown), common_host(shown)
+    panels = []  # (stem, [(method, minutes or None: cost from another machine only, mean %, std %)])
     for stem in [stems] if isinstance(stems, str) else stems:
         points = []
         for m in methods or sorted(res, key=lambda k: (k == RANDOM, k)):
             seeds = res[m].values()
             acc = [100 * v for s in seeds if (v := _value(s.get(stem), "top1")) is not None]
-            mins = [s["pretrain"]["minutes"] for s in seeds if "pretrain" in s and "error" not in s["pretrain"]]
+            pres = [s["pretrain"] for s in seeds if "pretrain" in s and "error" not in s["pretrain"]]
+            here = [p for p in pres if m not in odd or host(p) == common]  # the table's cost seeds
+            mins = [p["minutes"] for p in here]
             if acc:
-                points.append((m, statistics.mean(mins) if mins else 0.0, statistics.mean(acc),
+                points.append((m, None if pres and not here else statistics.mean(mins) if mins else 0.0,
+                               statistics.mean(acc),
                                statistics.stdev(acc) if len(acc) > 1 else 0.0))
         if points:
             panels.append((stem, points))
@@ -674,6 +685,11 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
             i = order.index(m)
             if m == RANDOM:
                 ax.axhline(y, color="grey", ls="--", lw=1, label="random init (mean)")
+            if x is None:  # pretrained on another machine only: its minutes would stretch the axis
+                ax.axhline(y, color=plt.cm.tab20(i % 20), ls=":", lw=1.2, label=f"{m} † (other machine)")
+                ax.annotate(f"{m} †", (1.0, y), xycoords=("axes fraction", "data"), xytext=(-30, 3),
+                            textcoords="offset points", fontsize=7)
+                continue
             ax.errorbar([x], [y], yerr=[sd] if sd else None, fmt=markers[i % len(markers)], ms=7, capsize=3,
                         color=plt.cm.tab20(i % 20), label=m)
             ax.annotate(m + " †" * (m in odd), (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
@@ -685,7 +701,8 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6, ncol=2)
     if odd:
-        title += ("\n" if title else "") + f"† pretrained on another machine (minutes not comparable): {', '.join(sorted(odd))}"
+        title += ("\n" if title else "") + (f"† pretrained on another machine (minutes not comparable; a dotted line "
+                                             f"where no seed ran on this one): {', '.join(sorted(odd))}")
     if title:
         fig.suptitle(title, fontsize=7)
     return save_figure(fig, path, dpi=120)

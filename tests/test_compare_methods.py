@@ -98,8 +98,26 @@ def test_rows_pretrained_on_another_machine_are_marked_and_gpu_memory_shown(tmp_
     mae, macrl = lines[2], lines[4]
     assert "| 900 | 2.00 |" in mae and "| 400 |" in mae
     assert "| 60 † | 65.00 † |" in macrl and macrl.split("|")[8].strip() == "–"  # no GPU memory on the CPU
-    assert lines[-1].startswith("† pretrained (some or all seeds) on Xeon, 2 cores") and "macrl;" in lines[-1]
+    assert lines[-1].startswith("† pretrained (some or all seeds) on Xeon, 2 cores, not H200 GPU + Xeon, 16 cores")
+    assert "macrl;" in lines[-1]
     assert cm.elsewhere({"mae": res["mae"], "macrl": res["macrl"] | {1: {"pretrain": cpu}}}) == {"mae": "H200 GPU + Xeon, 16 cores"}
+    # a row with seeds on both machines: its cost cells show the common machine's seeds only
+    mixed = {**res, "mae": {0: res["mae"][0], 1: {"pretrain": cpu, "knn_frac0.1": {"top1": 0.8}}}}
+    mae = cm.table(mixed, ["mae", "supmae", "macrl"]).splitlines()[2]
+    assert "| 900 (n=1) † | 2.00 (n=1) † |" in mae and "| 400 (n=1) |" in mae and "75.0 ± 7.1" in mae
+    # the plot: MACRL (no seed on the common machine) is a dotted line, not a point at 65 minutes
+    xlim, save = [], cm.save_figure
+
+    def keep_xlim(fig, path, dpi):
+        xlim.append(fig.axes[0].get_xlim())
+        return save(fig, path, dpi=dpi)
+
+    cm.save_figure = keep_xlim
+    try:
+        png = cm.plot(res, tmp_path / "p.png", "knn_frac0.1", ["mae", "supmae", "macrl"])
+    finally:
+        cm.save_figure = save
+    assert png is not None and png.stat().st_size > 0 and xlim[0][1] < 10
     assert "†" not in cm.table({"mae": res["mae"]})
 
 
