@@ -429,7 +429,7 @@ def unit_order(methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
     """Every (method, seed), seed by seed (a sitting stopped early has whole seeds), the dearest
     methods of a seed first; methods not in COST_ORDER keep their order, after the known ones."""
     rank = {m: i for i, m in enumerate(COST_ORDER)}
-    by_cost = sorted(methods, key=lambda m: (rank.get(m, len(rank)), methods.index(m)))
+    by_cost = sorted(methods, key=lambda m: rank.get(m, len(rank)))  # stable: unknown ones keep their order
     return [(m, s) for s in seeds for m in by_cost]
 
 
@@ -569,7 +569,7 @@ def table(res: dict, methods: list[str] | None = None) -> str:
             arch = [s.get("pretrain") or {} for s in res.get(RANDOM_ARCH[: -len(SUFFIX)], {}).values()]
             enc = next((a["encoder_params"] for a in arch if a.get("encoder_params")), None)
         # cost: the seeds pretrained on the common machine where the row has any (n=K says how many)
-        cost, mark = ([p for p in ok if host(p) == common] or ok, " †") if m in odd else (ok, "")
+        cost, mark = cost_records(m, ok, odd, common)[0], " †" * (m in odd)
         n = len(ok) if len(cost) < len(ok) else 0
         row = [m if not errors else f"{m} ({len(errors)} failed)", str(len(seeds)),
                f"{enc / 1e6:.2f}" if enc else "–",
@@ -611,9 +611,9 @@ def where_pretrained(res: dict) -> str:
     for by_seed in res.values():
         for r in by_seed.values():
             pre = r.get("pretrain") or {}
-            if host(pre):
+            if h := host(pre):
                 jobs = pre.get("parallel_jobs") or 1
-                seen.add(host(pre) + (f", {jobs} (method, seed) units at once" if jobs > 1 else ""))
+                seen.add(h + (f", {jobs} (method, seed) units at once" if jobs > 1 else ""))
     return "; ".join(sorted(seen))
 
 
@@ -629,6 +629,13 @@ def elsewhere(res: dict) -> dict[str, str]:
     common = common_host(res)
     return {m: h for m, by_seed in res.items() for r in by_seed.values()
             if common and (h := host(r.get("pretrain") or {})) and h != common}
+
+
+def cost_records(m: str, pres: list[dict], odd: dict[str, str], common: str | None) -> tuple[list[dict], bool]:
+    """(the pretraining records whose cost a row shows, whether they ran on the common machine): a row
+    marked † shows only its seeds on ``common_host`` where it has any, else its own."""
+    here = [p for p in pres if m not in odd or host(p) == common]
+    return (here, True) if here or not pres else (pres, False)
 
 
 def markers(section: str | None = None) -> tuple[str, str]:
@@ -667,10 +674,10 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
             seeds = res[m].values()
             acc = [100 * v for s in seeds if (v := _value(s.get(stem), "top1")) is not None]
             pres = [s["pretrain"] for s in seeds if "pretrain" in s and "error" not in s["pretrain"]]
-            here = [p for p in pres if m not in odd or host(p) == common]  # the table's cost seeds
-            mins = [p["minutes"] for p in here]
+            cost, on_common = cost_records(m, pres, odd, common)  # the table's cost seeds
+            mins = [p["minutes"] for p in cost]
             if acc:
-                points.append((m, None if pres and not here else statistics.mean(mins) if mins else 0.0,
+                points.append((m, None if not on_common else statistics.mean(mins) if mins else 0.0,
                                statistics.mean(acc),
                                statistics.stdev(acc) if len(acc) > 1 else 0.0))
         if points:
