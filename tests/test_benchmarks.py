@@ -4,9 +4,12 @@ transformers and lightly are optional (a missing peer is reported, not an error)
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,13 +18,20 @@ def _positive(x: object) -> bool:
     return isinstance(x, (int, float)) and x > 0
 
 
-def test_quick_benchmark_writes_complete_results(tmp_path: Path, subprocess_env: dict) -> None:
-    out = tmp_path / "bench"
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One complete ``--quick`` run, shared: the merge test builds on its results."""
+    out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, env=subprocess_env, cwd=ROOT,
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONWARNINGS="ignore"), cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_quick_benchmark_writes_complete_results(quick_run: Path) -> None:
+    out = quick_run
     res = json.loads((out / "results.json").read_text())
     assert (out / "results.md").read_text().startswith("Machine:")
     assert res["quick"] is True
@@ -56,28 +66,32 @@ def test_quick_benchmark_writes_complete_results(tmp_path: Path, subprocess_env:
     assert res["profile"] and all(res["profile"].values())
 
 
-def test_time_limit_skips_the_sections_not_started(tmp_path: Path, subprocess_env: dict) -> None:
+def test_time_limit_skips_the_sections_not_started(tmp_path: Path, quick_run: Path, subprocess_env: dict) -> None:
     out = tmp_path / "limited"
-    proc = subprocess.run(
+    proc = subprocess.run(  # compile does nothing in quick mode: the first section, started in time
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out), "--time-limit", "0.001",
-         "--sections", "throughput,scaling,profile"],
+         "--sections", "compile,scaling,profile"],
         capture_output=True, text=True, timeout=300, env=subprocess_env, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
-    assert "throughput" in res and res["skipped_sections"] == ["scaling", "profile"]
+    assert "compile" in res and "scaling" not in res and res["skipped_sections"] == ["scaling", "profile"]
 
-    # a second call merges: the earlier throughput is kept, flops is computed from it and this run's best
+    # a second call merges: the earlier sections are kept and flops is computed from their throughput and best
+    full = json.loads((quick_run / "results.json").read_text())
     merged = tmp_path / "merged"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(merged), "--merge",
-         str(out / "results.json"), "--sections", "best,flops"],
+         str(quick_run / "results.json"), "--sections", "flops"],
         capture_output=True, text=True, timeout=300, env=subprocess_env, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     res2 = json.loads((merged / "results.json").read_text())
-    assert res2["throughput"] == res["throughput"] and res2["merged_from"]["sections"] == ["throughput"]
+    assert res2["throughput"] == full["throughput"] and res2["best"] == full["best"]
+    assert {"throughput", "best", "memory"} <= set(res2["merged_from"]["sections"])
+    assert "flops" not in res2["merged_from"]["sections"]
     assert "mimkit_fp32" in res2["flops"]["results"] and "mimkit_bf16_fused" in res2["flops"]["results"]
+    assert _positive(res2["flops"]["results"]["mimkit_fp32"]["flops_per_s"])
 
 
 def test_demo_profile_and_end_to_end_scripts_run(tmp_path: Path, subprocess_env: dict) -> None:
@@ -104,8 +118,6 @@ def test_demo_profile_and_end_to_end_scripts_run(tmp_path: Path, subprocess_env:
 
 
 def test_ttt_mae_batched_benchmark_checks_equality_and_reports_a_ratio(tmp_path: Path, subprocess_env: dict) -> None:
-    import pytest
-
     pytest.importorskip("mimkit_ttt_mae")
     out = tmp_path / "ttt"
     proc = subprocess.run(

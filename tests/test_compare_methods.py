@@ -300,7 +300,7 @@ def test_parallel_sitting_matches_a_serial_one(tmp_path, monkeypatch):
     common = ["--quick", "--methods", "mae", "random", "--protocols", "knn", "--fractions", "0.1",
               "--limit-test", "50", "--set", "train.log_every=1"]
     par, ser = tmp_path / "par", tmp_path / "ser"
-    assert cm.main(common + ["--seeds", "0", "1", "--jobs", "2", "--out", str(par), "--readme", str(tmp_path / "a.md")]) == 0
+    assert cm.main(common + ["--seeds", "1", "--jobs", "2", "--out", str(par), "--readme", str(tmp_path / "a.md")]) == 0
     torch.set_num_threads(1)
     try:
         assert cm.main(common + ["--seeds", "1", "--out", str(ser), "--readme", str(tmp_path / "b.md")]) == 0
@@ -308,11 +308,10 @@ def test_parallel_sitting_matches_a_serial_one(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     log = (par / "log.txt").read_text()
     for m in ("mae", "random"):
-        for s in (0, 1):
-            assert f"unit {m} seed {s} rc=0" in log and (par / "logs" / f"{m}_seed{s}.log").stat().st_size > 0
+        assert f"unit {m} seed 1 rc=0" in log and (par / "logs" / f"{m}_seed1.log").stat().st_size > 0
         a, b = (json.loads((o / "results" / m / "seed1" / "knn_frac0.1.json").read_text()) for o in (par, ser))
         assert "error" not in a and (a["top1"], a["indices_sha256"]) == (b["top1"], b["indices_sha256"])
-    pre = json.loads((par / "results" / "mae" / "seed0" / "pretrain.json").read_text())
+    pre = json.loads((par / "results" / "mae" / "seed1" / "pretrain.json").read_text())
     assert pre["parallel_jobs"] == 2 and pre["extra_overrides"] == ["train.log_every=1"]
     assert "train.log_every=1" in pre["overrides"] and pre["device"] == "cpu"
     rows = [ln for ln in (tmp_path / "a.md").read_text().splitlines() if ln.startswith("| mae") or ln.startswith("| random")]

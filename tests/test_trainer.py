@@ -178,10 +178,10 @@ def test_overwrite_with_a_typo_leaves_the_old_run_untouched(tmp_path):
     assert (run / "metrics.jsonl").is_file()
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, "keep", epochs=0.25)))
+    bad = "model.masker.ratoi=0.9"  # the command line: one typo (each call starts a Python)
+    out = subprocess.run([*MIM, "train", str(recipe), "--overwrite", "--set", bad], capture_output=True, text=True)
+    assert out.returncode == 2 and bad.split("=")[0] in out.stderr, out.stderr
     for bad in ("model.masker.ratoi=0.9", "model.decoder.depht=2", "data.rooot=/nowhere"):
-        out = subprocess.run([*MIM, "train", str(recipe), "--overwrite", "--set", bad],
-                             capture_output=True, text=True)
-        assert out.returncode == 2 and bad.split("=")[0] in out.stderr, out.stderr
         with pytest.raises(mimkit.ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
             mimkit.train(str(recipe), overrides=[bad], overwrite=True)
     # a recipe that validates but cannot build (a data folder that does not exist) fails before rmtree too
