@@ -205,7 +205,9 @@ def pretrain(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     epochs = args.budget / n_data
     # the preset's warm-up fraction is kept: warmup_epochs scales with the length
     warmup = base.optim.warmup_epochs * epochs / base.train.epochs
-    overrides += [f"train.epochs={epochs:g}", f"train.max_steps={steps}", f"train.ckpt_every={steps}",
+    # a checkpoint every twentieth of the run: a sitting stopped or killed loses at most that much
+    overrides += [f"train.epochs={epochs:g}", f"train.max_steps={steps}",
+                  f"train.ckpt_every={max(1, math.ceil(steps / 20))}", "train.keep_last=1",
                   f"optim.warmup_epochs={warmup:g}"]
     method_specific = encoder_overrides(method, base)
     teacher = None
@@ -217,19 +219,28 @@ def pretrain(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
         teacher = rec["run"]
         method_specific.append(f"model.teacher.source={teacher}")
     overrides += method_specific + list(args.set)  # --set: the same execution option for every method
+    run_dir = args.out / "runs" / name
+    start, sittings = resume_point(run_dir, preset, overrides)
+    if start:
+        print(f"[compare] {name}: resuming from the checkpoint of step {start} of {steps}", flush=True)
     t0, load0 = time.perf_counter(), loadavg()
     with PeakRSS() as mem:
-        run = mimkit.train({"method": preset}, overrides=overrides, overwrite=True)
-    seconds = time.perf_counter() - t0
+        run = mimkit.train({"method": preset}, overrides=overrides, resume=bool(start), overwrite=not start)
     status = json.loads((Path(run) / "result.json").read_text())
-    if status.get("status") != "finished":  # stopped by a signal: record nothing, stop the sitting
+    sittings.append({"from_step": start, "to_step": status.get("step"), "seconds": round(time.perf_counter() - t0, 2),
+                     "machine": machine(), "load_avg_1min": [load0, loadavg()], "torch_threads": torch.get_num_threads(),
+                     "peak_rss_mib": round(mem.peak, 1)})
+    write_json(run_dir / SITTINGS, sittings)
+    if status.get("status") != "finished":  # stopped by a signal: its checkpoint is where the next sitting goes on
         raise SystemExit(f"[compare] pretraining {name} stopped at step {status.get('step')} of {steps} "
-                         f"({status.get('status')}); nothing recorded, the next sitting redoes it")
+                         f"({status.get('status')}); nothing recorded yet, the next sitting resumes it")
+    seconds, estimated = sittings_seconds(sittings, steps)
     model = ev.load_source(run)
     return {"protocol": "pretrain", "method": method, "preset": preset, "seed": seed, "run": str(run),
             "images_seen": steps * batch, "budget_images": args.budget, "steps": steps, "batch_size": batch,
-            "seconds": round(seconds, 2), "minutes": round(seconds / 60, 3),
-            "images_per_s": round(steps * batch / seconds, 2), "peak_rss_mib": round(mem.peak, 1),
+            "seconds": round(seconds, 2), "minutes": round(seconds / 60, 3), "sittings": sittings,
+            "seconds_estimated": estimated,
+            "images_per_s": round(steps * batch / seconds, 2), "peak_rss_mib": max(x["peak_rss_mib"] for x in sittings),
             "peak_cuda_mib": mem.cuda_peak, "encoder_params": _count(getattr(model, "encoder", None)),
             "total_params": _count(model), "overrides": overrides, "method_overrides": method_specific,
             "teacher_run": teacher, "machine": machine(), "load_avg_1min": [load0, loadavg()],
@@ -237,6 +248,51 @@ def pretrain(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "parallel_jobs": args.parallel_of}
+
+
+SITTINGS = "compare_sittings.json"  # in the run folder: the pretraining's sittings, for its cost
+# recipe keys that do not change what is trained: a checkpoint that differs only in these is resumed
+OPERATIONAL = ("train.ckpt_every", "train.keep_last", "train.log_every", "train.progress", "train.visualize",
+               "train.num_workers")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` whole or not at all (a temporary file, then one rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def resume_point(run_dir: Path, preset: str, overrides: list[str]) -> tuple[int, list[dict]]:
+    """(step, earlier sittings) to go on from: the newest complete checkpoint of an earlier sitting of
+    this very recipe, or (0, []) to start over (no checkpoint, or the recipe changed since)."""
+    from mimkit.checkpoint import complete_checkpoints
+    from mimkit.config import dump, yaml_load
+    from mimkit.rundir import recipe_changes
+
+    done = complete_checkpoints(run_dir / "checkpoints")
+    if not done:
+        return 0, []
+    step, last = done[-1]
+    old = yaml_load((last / "recipe.yaml").read_text(), str(last / "recipe.yaml"))
+    changed = [k for k in recipe_changes(old, yaml_load(dump(resolve({"method": preset}, overrides)), "recipe"))
+               if k not in OPERATIONAL]
+    if changed:
+        print(f"[compare] {run_dir}: its checkpoint was trained with another recipe ({', '.join(changed[:4])}): "
+              "starting over", flush=True)
+        return 0, []
+    f = run_dir / SITTINGS
+    return step, json.loads(f.read_text()) if f.is_file() else []
+
+
+def sittings_seconds(sittings: list[dict], steps: int) -> tuple[float, bool]:
+    """Pretraining seconds summed over the sittings, and whether that is an estimate: a sitting
+    killed outright (no record) leaves steps no sitting timed, counted at the timed steps' pace."""
+    seconds = sum(x["seconds"] for x in sittings)
+    timed = sum(x["to_step"] - x["from_step"] for x in sittings)
+    if 0 < timed < steps:
+        return seconds * steps / timed, True
+    return seconds, False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -256,22 +256,44 @@ def test_fine_tuning_epochs_keep_the_full_pools_steps_on_a_smaller_pool():
     assert cm.ft_epochs(cm.parse(["--quick"]), 0.01) == 1  # the smoke test stays a smoke test
 
 
-def test_a_pretraining_stopped_by_a_signal_records_nothing(tmp_path, monkeypatch):
+def _weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    (step, last), = __import__("mimkit.checkpoint", fromlist=["x"]).complete_checkpoints(run / "checkpoints")
+    return load_file(last / "model.safetensors")
+
+
+def test_a_stopped_pretraining_resumes_in_the_next_sitting_exactly_and_sums_its_time(tmp_path, monkeypatch):
     cm = _module()
     pytest.importorskip("mimkit_mae")
+    from mimkit import trainer
 
-    def preempted(recipe, overrides, overwrite):  # what mimkit.train leaves after SIGTERM at step 1
-        run = tmp_path / "runs" / "mae_seed0"
-        run.mkdir(parents=True)
-        (run / "result.json").write_text(json.dumps({"status": "preempted", "step": 1}))
-        return run
+    argv = ["--quick", "--methods", "mae", "--seeds", "0", "--budget", "128"]  # 4 steps of 32, a checkpoint each
+    straight = cm.pretrain("mae", 0, cm.parse(argv + ["--out", str(tmp_path / "straight")]))
+    args = cm.parse(argv + ["--out", str(tmp_path / "cut")])
 
-    monkeypatch.setattr(cm.mimkit, "train", preempted)
-    args = cm.parse(["--quick", "--methods", "mae", "--seeds", "0", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="stopped at step 1 of 2 .preempted."):
-        cm.run_method("mae", 0, args, [])
-    assert not list((tmp_path / "results").rglob("*.json"))
+    real = trainer._Run.stop_requested
+    monkeypatch.setattr(trainer._Run, "stop_requested", lambda self, stop: real(self, stop) or self.state.step == 2)
+    with pytest.raises(SystemExit, match="stopped at step 2 of 4 .preempted.; nothing recorded yet, the next sitting resumes"):
+        cm.run_method("mae", 0, args, [])  # what SIGTERM at step 2 does
+    assert not list((tmp_path / "cut" / "results").rglob("*.json"))
+    run = tmp_path / "cut" / "runs" / "mae_seed0"
+    first = json.loads((run / cm.SITTINGS).read_text())
+    assert [(x["from_step"], x["to_step"]) for x in first] == [(0, 2)]
 
+    monkeypatch.setattr(trainer._Run, "stop_requested", real)
+    pre = cm.pretrain("mae", 0, args)
+    assert [(x["from_step"], x["to_step"]) for x in pre["sittings"]] == [(0, 2), (2, 4)]
+    assert pre["seconds"] == pytest.approx(sum(x["seconds"] for x in pre["sittings"]), abs=0.02)
+    assert pre["seconds_estimated"] is False and pre["images_seen"] == 128
+    a, b = _weights(Path(straight["run"])), _weights(Path(pre["run"]))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the same weights as in one sitting
+    # a sitting killed outright leaves no record: its steps are counted at the timed steps' pace
+    assert cm.sittings_seconds([{"from_step": 2, "to_step": 4, "seconds": 10.0}], 4) == (20.0, True)
+    # a checkpoint that differs only in how often it was saved is resumed; one of another recipe is not
+    base = pre["overrides"]
+    assert cm.resume_point(run, "mae" + cm.SUFFIX, base + ["train.ckpt_every=7"])[0] == 4
+    assert cm.resume_point(run, "mae" + cm.SUFFIX, base + ["optim.base_lr=0.5"]) == (0, [])
 
 
 def test_parallel_units_start_in_cost_order_and_milan_waits_for_its_flip_teacher(tmp_path):
