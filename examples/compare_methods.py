@@ -243,7 +243,7 @@ def pretrain(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
             "images_per_s": round(steps * batch / seconds, 2), "peak_rss_mib": max(x["peak_rss_mib"] for x in sittings),
             "peak_cuda_mib": mem.cuda_peak, "encoder_params": _count(getattr(model, "encoder", None)),
             "total_params": _count(model), "overrides": overrides, "method_overrides": method_specific,
-            "teacher_run": teacher, "machine": machine(), "load_avg_1min": [load0, loadavg()],
+            "teacher_run": teacher, "machine": sittings_machine(sittings), "load_avg_1min": [load0, loadavg()],
             "torch_threads": torch.get_num_threads(), "extra_overrides": list(args.set),
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -283,6 +283,13 @@ def resume_point(run_dir: Path, preset: str, overrides: list[str]) -> tuple[int,
         return 0, []
     f = run_dir / SITTINGS
     return step, json.loads(f.read_text()) if f.is_file() else []
+
+
+def sittings_machine(sittings: list[dict]) -> str:
+    """The machine of the pretraining, or all of them when its sittings ran on several (its cost is
+    then marked as not comparable, like a run made elsewhere)."""
+    names = list(dict.fromkeys(x["machine"] for x in sittings))
+    return names[0] if len(names) == 1 else "several machines (" + "; ".join(names) + ")"
 
 
 def sittings_seconds(sittings: list[dict], steps: int) -> tuple[float, bool]:
@@ -626,6 +633,7 @@ def table(res: dict, methods: list[str] | None = None) -> str:
             enc = next((a["encoder_params"] for a in arch if a.get("encoder_params")), None)
         # cost: the seeds pretrained on the common machine where the row has any (n=K says how many)
         cost, mark = cost_records(m, ok, odd, common)[0], " †" * (m in odd)
+        mark += " ≈" * any(p.get("seconds_estimated") for p in cost)  # a killed sitting's time, estimated
         n = len(ok) if len(cost) < len(ok) else 0
         row = [m if not errors else f"{m} ({len(errors)} failed)", str(len(seeds)),
                f"{enc / 1e6:.2f}" if enc else "–",
@@ -646,6 +654,9 @@ def table(res: dict, methods: list[str] | None = None) -> str:
         over = ok[0].get("method_overrides") if ok else None
         row.append("–" if not over else ", ".join(f"`{o.split('=')[0].split('.')[-1]}={_short(o)}`" for o in over))
         lines.append("| " + " | ".join(row) + " |")
+    if any(p.get("seconds_estimated") for m in rows for s in res.get(m, {}).values() if (p := s.get("pretrain"))):
+        lines.append("\n≈ some pretraining went over sittings one of which was killed before it could record its time: "
+                     "those steps are counted at the pace of the timed ones.")
     for machine_ in sorted(set(odd.values())):
         lines.append(f"\n† pretrained (some or all seeds) on {machine_}, not {common}: "
                      f"{', '.join(m for m, h in odd.items() if h == machine_)}; their cost cells show only the "

@@ -119,6 +119,9 @@ def test_rows_pretrained_on_another_machine_are_marked_and_gpu_memory_shown(tmp_
         cm.save_figure = save
     assert png is not None and png.stat().st_size > 0 and xlim[0][1] < 10
     assert "†" not in cm.table({"mae": res["mae"]})
+    # a pretraining whose killed sitting's time was estimated says so in its cost cells and below the table
+    est = cm.table({"mae": {0: {"pretrain": gpu | {"seconds_estimated": True}}}, "supmae": res["supmae"]}).splitlines()
+    assert "| 900 ≈ | 2.00 ≈ |" in est[2] and "| 900 | 2.00 |" in est[3] and est[-1].startswith("≈ some pretraining")
 
 
 def test_own_architecture_baseline_only_where_random_init_differs():
