@@ -260,9 +260,12 @@ def test_fine_tuning_epochs_keep_the_full_pools_steps_on_a_smaller_pool():
 
 
 def _weights(run: Path) -> dict:
+    """The model tensors of the run's one checkpoint (the compare script keeps only the newest)."""
     from safetensors.torch import load_file
 
-    (step, last), = __import__("mimkit.checkpoint", fromlist=["x"]).complete_checkpoints(run / "checkpoints")
+    from mimkit.checkpoint import complete_checkpoints
+
+    (_, last), = complete_checkpoints(run / "checkpoints")
     return load_file(last / "model.safetensors")
 
 
