@@ -234,7 +234,7 @@ def pretrain(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     if status.get("status") != "finished":  # stopped by a signal: its checkpoint is where the next sitting goes on
         raise SystemExit(f"[compare] pretraining {name} stopped at step {status.get('step')} of {steps} "
                          f"({status.get('status')}); nothing recorded yet, the next sitting resumes it")
-    seconds, estimated = sittings_seconds(sittings, steps)
+    seconds, estimated = sittings_seconds(sittings, status["step"])  # the steps the run took (whole epochs may stop short of `steps`)
     model = ev.load_source(run)
     return {"protocol": "pretrain", "method": method, "preset": preset, "seed": seed, "run": str(run),
             "images_seen": steps * batch, "budget_images": args.budget, "steps": steps, "batch_size": batch,
@@ -293,8 +293,9 @@ def sittings_machine(sittings: list[dict]) -> str:
 
 
 def sittings_seconds(sittings: list[dict], steps: int) -> tuple[float, bool]:
-    """Pretraining seconds summed over the sittings, and whether that is an estimate: a sitting
-    killed outright (no record) leaves steps no sitting timed, counted at the timed steps' pace."""
+    """Pretraining seconds summed over the sittings of a run that took ``steps`` steps, and whether
+    that is an estimate: a sitting killed outright (no record) leaves steps no sitting timed, counted
+    at the timed steps' pace."""
     seconds = sum(x["seconds"] for x in sittings)
     timed = sum(x["to_step"] - x["from_step"] for x in sittings)
     if 0 < timed < steps:
