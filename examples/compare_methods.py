@@ -259,7 +259,7 @@ OPERATIONAL = ("train.ckpt_every", "train.keep_last", "train.log_every", "train.
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` whole or not at all (a temporary file, then one rename)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
     tmp.replace(path)
 
 
@@ -463,9 +463,7 @@ def run_one(path: Path, fn: Callable[[], dict], args: argparse.Namespace, log: l
         rec = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         print(f"[compare]   FAILED: {rec['error']}", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")  # a record is whole or absent, even if the sitting is killed
-    tmp.write_text(json.dumps(rec, indent=1, default=str))
-    os.replace(tmp, path)
+    write_json(path, rec)  # a record is whole or absent, even if the sitting is killed
     return rec
 
 
