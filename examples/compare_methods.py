@@ -47,6 +47,7 @@ import math
 import os
 import statistics
 import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -745,7 +746,7 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
             if acc:
                 points.append((m, None if not on_common else statistics.mean(mins) if mins else 0.0,
                                statistics.mean(acc),
-                               statistics.stdev(acc) if len(acc) > 1 else 0.0))
+                               statistics.stdev(acc) if len(acc) > 1 else 0.0, len(acc)))
         if points:
             panels.append((stem, points))
     if not panels:  # nothing of these protocols among the results: no empty picture
@@ -753,19 +754,22 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     markers = "os^vD<>pPXh*8d"
     order = list(dict.fromkeys(m for _, points in panels for m, *_ in points))  # one style per method
+    # where rows average different numbers of seeds, each label says its own (n=K)
+    mixed_n = len({n for _, points in panels for m, *_, n in points if m != RANDOM}) > 1
     for ax, (stem, points) in zip(axes[0], panels):
-        for m, x, y, sd in points:
+        for m, x, y, sd, n in points:
             i = order.index(m)
+            name = m + f" (n={n})" * mixed_n
             if m == RANDOM:
                 ax.axhline(y, color="grey", ls="--", lw=1, label="random init (mean)")
             if x is None:  # pretrained on another machine only: its minutes would stretch the axis
-                ax.axhline(y, color=plt.cm.tab20(i % 20), ls=":", lw=1.2, label=f"{m} † (other machine)")
-                ax.annotate(f"{m} †", (1.0, y), xycoords=("axes fraction", "data"), xytext=(-30, 3),
-                            textcoords="offset points", fontsize=7)
+                ax.axhline(y, color=plt.cm.tab20(i % 20), ls=":", lw=1.2, label=f"{name} † (other machine)")
+                ax.annotate(f"{name} †", (1.0, y), xycoords=("axes fraction", "data"), xytext=(-30, 3),
+                            textcoords="offset points", fontsize=7, ha="right")
                 continue
             ax.errorbar([x], [y], yerr=[sd] if sd else None, fmt=markers[i % len(markers)], ms=7, capsize=3,
-                        color=plt.cm.tab20(i % 20), label=m)
-            ax.annotate(m + " †" * (m in odd), (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
+                        color=plt.cm.tab20(i % 20), label=name)
+            ax.annotate(name + " †" * (m in odd), (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
         protocol, _, frac = stem.partition("_frac")
         name = {"linprobe": "linear probe", "finetune": "fine-tuning", "knn": "k-NN"}.get(protocol, protocol)
         ax.set_title(f"{name}, {float(frac):.0%} labels" if frac else name, fontsize=9)
@@ -776,9 +780,12 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
     if odd:
         title += ("\n" if title else "") + (f"† pretrained on another machine (minutes not comparable; a dotted line "
                                              f"where no seed ran on this one): {', '.join(sorted(odd))}")
-    if title:
-        fig.suptitle(title, fontsize=7)
-    return save_figure(fig, path, dpi=120)
+    rect = None
+    if title:  # wrapped to the figure's width (≈ 15 characters of 7-pt text per inch), panels below it
+        text = "\n".join(textwrap.fill(line, int(15 * fig.get_figwidth())) for line in title.splitlines())
+        fig.suptitle(text, fontsize=7)
+        rect = (0, 0, 1, 1 - 0.026 * (text.count("\n") + 1))
+    return save_figure(fig, path, dpi=120, rect=rect)
 
 
 # ---------------------------------------------------------------------------------------------

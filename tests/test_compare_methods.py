@@ -108,9 +108,9 @@ def test_rows_pretrained_on_another_machine_are_marked_and_gpu_memory_shown(tmp_
     # the plot: MACRL (no seed on the common machine) is a dotted line, not a point at 65 minutes
     xlim, save = [], cm.save_figure
 
-    def keep_xlim(fig, path, dpi):
+    def keep_xlim(fig, path, dpi, rect=None):
         xlim.append(fig.axes[0].get_xlim())
-        return save(fig, path, dpi=dpi)
+        return save(fig, path, dpi=dpi, rect=rect)
 
     cm.save_figure = keep_xlim
     try:
@@ -146,6 +146,22 @@ def test_plot_draws_what_exists_and_nothing_when_the_protocol_did_not_run(tmp_pa
     assert (tmp_path / "ft.png").stat().st_size > 0
     two = cm.plot(res, tmp_path / "two.png", ["linprobe_frac0.1", "finetune_frac0.1"])  # the panel with results
     assert two is not None and two.stat().st_size > 0
+    # rows over different numbers of seeds say how many; a long title is wrapped to the figure's width
+    seen, save = {}, cm.save_figure
+
+    def keep(fig, path, dpi, rect=None):
+        seen["labels"] = fig.axes[0].get_legend_handles_labels()[1]
+        seen["title"] = fig._suptitle.get_text()
+        return save(fig, path, dpi=dpi, rect=rect)
+
+    res["supmae"] = {0: {"pretrain": pre, "finetune_frac0.1": {"top1": 0.65}}}
+    cm.save_figure = keep
+    try:
+        cm.plot(res, tmp_path / "n.png", "finetune_frac0.1", title="x " * 200)
+    finally:
+        cm.save_figure = save
+    assert {"mae (n=2)", "supmae (n=1)"} <= set(seen["labels"])
+    assert max(len(line) for line in seen["title"].splitlines()) <= 15 * 6 and seen["title"].count("\n") >= 4
 
 
 def test_readme_section_is_replaced_not_duplicated(tmp_path):
