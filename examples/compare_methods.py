@@ -768,7 +768,7 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
                             textcoords="offset points", fontsize=7, ha="right")
                 continue
             ax.errorbar([x], [y], yerr=[sd] if sd else None, fmt=markers[i % len(markers)], ms=7, capsize=3,
-                        color=plt.cm.tab20(i % 20), label=name)
+                        color=plt.cm.tab20(i % 20), label="_random" if m == RANDOM else name)  # its line is in the legend
             ax.annotate(name + " †" * (m in odd), (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
         protocol, _, frac = stem.partition("_frac")
         name = {"linprobe": "linear probe", "finetune": "fine-tuning", "knn": "k-NN"}.get(protocol, protocol)

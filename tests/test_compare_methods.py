@@ -161,6 +161,7 @@ def test_plot_draws_what_exists_and_nothing_when_the_protocol_did_not_run(tmp_pa
     finally:
         cm.save_figure = save
     assert {"mae (n=2)", "supmae (n=1)"} <= set(seen["labels"])
+    assert [x for x in seen["labels"] if "random" in x] == ["random init (mean)"]  # once, as its line
     assert max(len(line) for line in seen["title"].splitlines()) <= 15 * 6 and seen["title"].count("\n") >= 4
 
 
