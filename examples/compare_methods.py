@@ -657,9 +657,9 @@ def table(res: dict, methods: list[str] | None = None) -> str:
     if any(p.get("seconds_estimated") for m in rows for s in res.get(m, {}).values() if (p := s.get("pretrain"))):
         lines.append("\n≈ some pretraining went over sittings one of which was killed before it could record its time: "
                      "those steps are counted at the pace of the timed ones.")
-    for machine_ in sorted(set(odd.values())):
+    for machine_ in sorted({h for hs in odd.values() for h in hs}):
         lines.append(f"\n† pretrained (some or all seeds) on {machine_}, not {common}: "
-                     f"{', '.join(m for m, h in odd.items() if h == machine_)}; their cost cells show only the "
+                     f"{', '.join(m for m, hs in odd.items() if machine_ in hs)}; their cost cells show only the "
                      "seeds pretrained on the latter where there are any (n=K), else theirs, not comparable.")
     return "\n".join(lines)
 
@@ -690,15 +690,19 @@ def common_host(res: dict) -> str | None:
     return max(sorted(set(hosts)), key=hosts.count) if len(set(hosts)) > 1 else None
 
 
-def elsewhere(res: dict) -> dict[str, str]:
-    """{method: machine} for the rows with a pretraining on another machine than ``common_host``:
-    their cost is not comparable with the others' (marked †)."""
+def elsewhere(res: dict) -> dict[str, tuple[str, ...]]:
+    """{method: the other machines, sorted} for the rows with a pretraining on another machine than
+    ``common_host``: their cost is not comparable with the others' (marked †)."""
     common = common_host(res)
-    return {m: h for m, by_seed in res.items() for r in by_seed.values()
-            if common and (h := host(r.get("pretrain") or {})) and h != common}
+    odd: dict[str, set[str]] = {}
+    for m, by_seed in res.items():
+        for r in by_seed.values():
+            if common and (h := host(r.get("pretrain") or {})) and h != common:
+                odd.setdefault(m, set()).add(h)
+    return {m: tuple(sorted(hs)) for m, hs in odd.items()}
 
 
-def cost_records(m: str, pres: list[dict], odd: dict[str, str], common: str | None) -> tuple[list[dict], bool]:
+def cost_records(m: str, pres: list[dict], odd: dict[str, tuple[str, ...]], common: str | None) -> tuple[list[dict], bool]:
     """(the pretraining records whose cost a row shows, whether they ran on the common machine): a row
     marked † shows only its seeds on ``common_host`` where it has any, else its own."""
     here = [p for p in pres if m not in odd or host(p) == common]

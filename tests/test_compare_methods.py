@@ -91,7 +91,7 @@ def test_rows_pretrained_on_another_machine_are_marked_and_gpu_memory_shown(tmp_
     res = {"mae": {0: {"pretrain": gpu, "knn_frac0.1": {"top1": 0.7}}},
            "supmae": {0: {"pretrain": gpu, "knn_frac0.1": {"top1": 0.7}}},
            "macrl": {0: {"pretrain": cpu, "knn_frac0.1": {"top1": 0.6}}}}
-    assert cm.elsewhere(res) == {"macrl": "Xeon, 2 cores"}
+    assert cm.elsewhere(res) == {"macrl": ("Xeon, 2 cores",)}
     assert cm.where_pretrained(res) == "H200 GPU + Xeon, 16 cores, 15 (method, seed) units at once; Xeon, 2 cores"
     lines = cm.table(res, ["mae", "supmae", "macrl"]).splitlines()
     assert "peak GPU (MiB)" in lines[0]
@@ -100,7 +100,14 @@ def test_rows_pretrained_on_another_machine_are_marked_and_gpu_memory_shown(tmp_
     assert "| 60 † | 65.00 † |" in macrl and macrl.split("|")[8].strip() == "–"  # no GPU memory on the CPU
     assert lines[-1].startswith("† pretrained (some or all seeds) on Xeon, 2 cores, not H200 GPU + Xeon, 16 cores")
     assert "macrl;" in lines[-1]
-    assert cm.elsewhere({"mae": res["mae"], "macrl": res["macrl"] | {1: {"pretrain": cpu}}}) == {"mae": "H200 GPU + Xeon, 16 cores"}
+    assert cm.elsewhere({"mae": res["mae"], "macrl": res["macrl"] | {1: {"pretrain": cpu}}}) == {"mae": ("H200 GPU + Xeon, 16 cores",)}
+    # a row whose seeds ran on two other machines is named under both footnotes
+    epyc = {**cpu, "machine": "EPYC, 2 cores"}
+    three = {"mae": {s: {"pretrain": cpu, "knn_frac0.1": {"top1": 0.7}} for s in (0, 1)},
+             "flip": {0: {"pretrain": gpu}, 1: {"pretrain": cpu}, 2: {"pretrain": epyc}}}
+    assert cm.elsewhere(three) == {"flip": ("EPYC, 2 cores", "H200 GPU + Xeon, 16 cores")}
+    notes = [ln for ln in cm.table(three, ["mae", "flip"]).splitlines() if ln.startswith("†")]
+    assert len(notes) == 2 and all(": flip;" in ln for ln in notes)
     # a row with seeds on both machines: its cost cells show the common machine's seeds only
     mixed = {**res, "mae": {0: res["mae"][0], 1: {"pretrain": cpu, "knn_frac0.1": {"top1": 0.8}}}}
     mae = cm.table(mixed, ["mae", "supmae", "macrl"]).splitlines()[2]
