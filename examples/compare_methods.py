@@ -660,7 +660,7 @@ def table(res: dict, methods: list[str] | None = None) -> str:
     for machine_ in sorted({h for hs in odd.values() for h in hs}):
         lines.append(f"\n† pretrained (some or all seeds) on {machine_}, not {common}: "
                      f"{', '.join(m for m, hs in odd.items() if machine_ in hs)}; their cost cells show only the "
-                     "seeds pretrained on the latter where there are any (n=K), else theirs, not comparable.")
+                     "seeds pretrained on the latter where there are any (n=K), else those of one other machine, not comparable.")
     return "\n".join(lines)
 
 
@@ -704,9 +704,16 @@ def elsewhere(res: dict) -> dict[str, tuple[str, ...]]:
 
 def cost_records(m: str, pres: list[dict], odd: dict[str, tuple[str, ...]], common: str | None) -> tuple[list[dict], bool]:
     """(the pretraining records whose cost a row shows, whether they ran on the common machine): a row
-    marked † shows only its seeds on ``common_host`` where it has any, else its own."""
+    marked † shows only its seeds on ``common_host`` where it has any, else those of one other machine
+    (the one with most of its seeds; on a tie, a CPU beside a CPU common host): minutes of two machines
+    are never averaged."""
     here = [p for p in pres if m not in odd or host(p) == common]
-    return (here, True) if here or not pres else (pres, False)
+    if here or not pres:
+        return here, True
+    gpu_common = " GPU + " in (common or "")
+    hosts = [host(p) for p in pres]
+    best = max(sorted(set(hosts), key=str), key=lambda h: (hosts.count(h), (" GPU + " in (h or "")) == gpu_common))
+    return [p for p, h in zip(pres, hosts) if h == best], False
 
 
 def markers(section: str | None = None) -> tuple[str, str]:
