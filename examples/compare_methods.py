@@ -660,7 +660,8 @@ def table(res: dict, methods: list[str] | None = None) -> str:
     for machine_ in sorted({h for hs in odd.values() for h in hs}):
         lines.append(f"\n† pretrained (some or all seeds) on {machine_}, not {common}: "
                      f"{', '.join(m for m, hs in odd.items() if machine_ in hs)}; their cost cells show only the "
-                     "seeds pretrained on the latter where there are any (n=K), else those of one other machine, not comparable.")
+                     "seeds pretrained on the latter where there are any (n=K), else those of one other machine, "
+                     "not comparable.")
     return "\n".join(lines)
 
 
@@ -702,7 +703,8 @@ def elsewhere(res: dict) -> dict[str, tuple[str, ...]]:
     return {m: tuple(sorted(hs)) for m, hs in odd.items()}
 
 
-def cost_records(m: str, pres: list[dict], odd: dict[str, tuple[str, ...]], common: str | None) -> tuple[list[dict], bool]:
+def cost_records(m: str, pres: list[dict], odd: dict[str, tuple[str, ...]],
+                 common: str | None) -> tuple[list[dict], bool]:
     """(the pretraining records whose cost a row shows, whether they ran on the common machine): a row
     marked † shows only its seeds on ``common_host`` where it has any, else those of one other machine
     (the one with most of its seeds; on a tie, a CPU beside a CPU common host): minutes of two machines

@@ -100,7 +100,8 @@ def test_rows_pretrained_on_another_machine_are_marked_and_gpu_memory_shown(tmp_
     assert "| 60 † | 65.00 † |" in macrl and macrl.split("|")[8].strip() == "–"  # no GPU memory on the CPU
     assert lines[-1].startswith("† pretrained (some or all seeds) on Xeon, 2 cores, not H200 GPU + Xeon, 16 cores")
     assert "macrl;" in lines[-1]
-    assert cm.elsewhere({"mae": res["mae"], "macrl": res["macrl"] | {1: {"pretrain": cpu}}}) == {"mae": ("H200 GPU + Xeon, 16 cores",)}
+    assert (cm.elsewhere({"mae": res["mae"], "macrl": res["macrl"] | {1: {"pretrain": cpu}}})
+            == {"mae": ("H200 GPU + Xeon, 16 cores",)})
     # a row whose seeds ran on two other machines is named under both footnotes
     epyc = {**cpu, "machine": "EPYC, 2 cores"}
     three = {"mae": {s: {"pretrain": cpu, "knn_frac0.1": {"top1": 0.7}} for s in (0, 1)},
@@ -109,7 +110,8 @@ def test_rows_pretrained_on_another_machine_are_marked_and_gpu_memory_shown(tmp_
     notes = [ln for ln in cm.table(three, ["mae", "flip"]).splitlines() if ln.startswith("†")]
     assert len(notes) == 2 and all(": flip;" in ln for ln in notes)
     # no seed on the common CPU, one on the GPU and one on another CPU: the other CPU's cost alone, never a mean
-    boot = {**three, "bootmae": {0: {"pretrain": gpu}, 1: {"pretrain": {**epyc, "minutes": 73.0, "images_per_s": 55.0}}}}
+    boot = {**three, "bootmae": {0: {"pretrain": gpu},
+                                 1: {"pretrain": {**epyc, "minutes": 73.0, "images_per_s": 55.0}}}}
     row = next(ln for ln in cm.table(boot, ["mae", "flip", "bootmae"]).splitlines() if ln.startswith("| bootmae"))
     assert "| 55 (n=1) † | 73.00 (n=1) † |" in row
     # a row with seeds on both machines: its cost cells show the common machine's seeds only
