@@ -651,8 +651,10 @@ def table(res: dict, methods: list[str] | None = None) -> str:
                 row.append("= random")  # the same architecture as the random row
                 continue
             row.append("n/a" if na and not vals else _cell(vals, scale, 1 if scale == 100 else 3, len(seeds)))
-        over = ok[0].get("method_overrides") if ok else None
-        row.append("–" if not over else ", ".join(f"`{o.split('=')[0].split('.')[-1]}={_short(o)}`" for o in over))
+        # one cell per distinct set of overrides among the seeds (MILAN's teacher is its seed's FLIP run)
+        overs = dict.fromkeys(", ".join(f"`{o.split('=')[0].split('.')[-1]}={_short(o)}`" for o in over)
+                              for p in ok if (over := p.get("method_overrides")))
+        row.append(" / ".join(overs) or "–")
         lines.append("| " + " | ".join(row) + " |")
     if any(p.get("seconds_estimated") for m in rows for s in res.get(m, {}).values() if (p := s.get("pretrain"))):
         lines.append("\n≈ some pretraining went over sittings one of which was killed before it could record its time: "

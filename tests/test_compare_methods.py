@@ -79,6 +79,9 @@ def test_table_marks_not_applicable_and_hides_protocols_that_did_not_run():
     assert [c.strip() for c in igpt.split("|")[-5:-2]] == ["50.0", "n/a", "60.0"] and "`n_embd=192`" in igpt
     assert "75.0 ± 7.1 |" in mae and mae.split("|")[-3].strip() == "= random"
     assert "0.250 (n=1)" in mae  # occlusion ran for one of the row's two seeds
+    # MILAN: each seed distils its own seed's FLIP run, and the overrides cell names both
+    milan = {s: {"pretrain": {**pre, "method_overrides": [f"model.teacher.source=runs/x/flip_seed{s}"]}} for s in (1, 2)}
+    assert cm.table({"milan": milan}).splitlines()[2].endswith("| `source=flip_seed1` / `source=flip_seed2` |")
 
 
 def test_rows_pretrained_on_another_machine_are_marked_and_gpu_memory_shown(tmp_path):
