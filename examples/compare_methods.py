@@ -714,9 +714,11 @@ def cost_records(m: str, pres: list[dict], odd: dict[str, tuple[str, ...]],
     here = [p for p in pres if m not in odd or host(p) == common]
     if here or not pres:
         return here, True
-    gpu_common = " GPU + " in (common or "")
+    def on_gpu(h: str | None) -> bool:  # host() names a GPU first: "<gpu> GPU + <cpu>"
+        return " GPU + " in (h or "")
+
     hosts = [host(p) for p in pres]
-    best = max(sorted(set(hosts), key=str), key=lambda h: (hosts.count(h), (" GPU + " in (h or "")) == gpu_common))
+    best = max(sorted(set(hosts), key=str), key=lambda h: (hosts.count(h), on_gpu(h) == on_gpu(common)))
     return [p for p, h in zip(pres, hosts) if h == best], False
 
 

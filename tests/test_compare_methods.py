@@ -113,8 +113,9 @@ def test_rows_pretrained_on_another_machine_are_marked_and_gpu_memory_shown(tmp_
     notes = [ln for ln in cm.table(three, ["mae", "flip"]).splitlines() if ln.startswith("†")]
     assert len(notes) == 2 and all(": flip;" in ln for ln in notes)
     # no seed on the common CPU, one on the GPU and one on another CPU: the other CPU's cost alone, never a mean
-    boot = {**three, "bootmae": {0: {"pretrain": gpu},
-                                 1: {"pretrain": {**epyc, "minutes": 73.0, "images_per_s": 55.0}}}}
+    # (that CPU's name sorts after the GPU's, so only the CPU-beside-CPU tie-break picks it)
+    zen = {**cpu, "machine": "Zen 4, 2 cores", "minutes": 73.0, "images_per_s": 55.0}
+    boot = {**three, "bootmae": {0: {"pretrain": gpu}, 1: {"pretrain": zen}}}
     row = next(ln for ln in cm.table(boot, ["mae", "flip", "bootmae"]).splitlines() if ln.startswith("| bootmae"))
     assert "| 55 (n=1) † | 73.00 (n=1) † |" in row
     # a row with seeds on both machines: its cost cells show the common machine's seeds only
