@@ -773,6 +773,7 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
     order = list(dict.fromkeys(m for _, points in panels for m, *_ in points))  # one style per method
     # where rows average different numbers of seeds, each label says its own (n=K)
     mixed_n = len({n for _, points in panels for m, *_, n in points if m != RANDOM}) > 1
+    labels = []  # the methods' names beside their markers, spread apart once the layout is known
     for ax, (stem, points) in zip(axes[0], panels):
         for m, x, y, sd, n in points:
             i = order.index(m)
@@ -781,12 +782,13 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
                 ax.axhline(y, color="grey", ls="--", lw=1, label="random init (mean)")
             if x is None:  # pretrained on another machine only: its minutes would stretch the axis
                 ax.axhline(y, color=plt.cm.tab20(i % 20), ls=":", lw=1.2, label=f"{name} † (other machine)")
-                ax.annotate(f"{name} †", (1.0, y), xycoords=("axes fraction", "data"), xytext=(-30, 3),
-                            textcoords="offset points", fontsize=7, ha="right")
+                labels.append(ax.annotate(f"{name} †", (1.0, y), xycoords=("axes fraction", "data"),
+                                          xytext=(-30, 3), textcoords="offset points", fontsize=7, ha="right"))
                 continue
             ax.errorbar([x], [y], yerr=[sd] if sd else None, fmt=markers[i % len(markers)], ms=7, capsize=3,
                         color=plt.cm.tab20(i % 20), label="_random" if m == RANDOM else name)  # its line is in the legend
-            ax.annotate(name + " †" * (m in odd), (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
+            labels.append(ax.annotate(name + " †" * (m in odd), (x, y), textcoords="offset points", xytext=(5, 3),
+                                      fontsize=7))
         protocol, _, frac = stem.partition("_frac")
         name = {"linprobe": "linear probe", "finetune": "fine-tuning", "knn": "k-NN"}.get(protocol, protocol)
         ax.set_title(f"{name}, {float(frac):.0%} labels" if frac else name, fontsize=9)
@@ -802,7 +804,39 @@ def plot(res: dict, path: Path, stems: str | list[str] = "linprobe_frac0.1", met
         text = "\n".join(textwrap.fill(line, int(15 * fig.get_figwidth())) for line in title.splitlines())
         fig.suptitle(text, fontsize=7)
         rect = (0, 0, 1, 1 - 0.026 * (text.count("\n") + 1))
+    fig.tight_layout(rect=rect)  # the panels' final size, so the labels are spread where they will be drawn
+    spread_labels(fig, labels)
     return save_figure(fig, path, dpi=120, rect=rect)
+
+
+def spread_labels(fig: Any, labels: list) -> None:
+    """Move point labels to the marker's other side or up or down, a line at a time, until none
+    overlaps another in its panel.
+
+    Several methods cost about the same minutes and score within a point, so their names would print
+    over each other. Labels are placed top to bottom, each at the nearest free place (its own side
+    first); one with no free place within four lines stays put."""
+    fig.canvas.draw()  # text extents need a renderer
+    renderer = fig.canvas.get_renderer()
+    placed: dict[Any, list] = {}
+    for label in sorted(labels, key=lambda a: -a.xy[1]):
+        boxes = placed.setdefault(label.axes, [])
+        (x0, y0), ha = label.xyann, label.get_ha()  # offset in points from the marker
+        sides = [(x0, ha)] + [(-x0, "right")] * (ha == "left")  # a label by the axis edge keeps its side
+        line = label.get_window_extent(renderer).height * 72 / fig.dpi
+        for k in (0, -1, 1, -2, 2, -3, 3, -4, 4):
+            if any(_free(label, (x, y0 + k * line), side, boxes, renderer) for x, side in sides):
+                break
+        else:
+            _free(label, (x0, y0), ha, [], renderer)
+        boxes.append(label.get_window_extent(renderer))
+
+
+def _free(label: Any, offset: tuple[float, float], ha: str, boxes: list, renderer: Any) -> bool:
+    """Put ``label`` at ``offset`` (points) aligned ``ha``; whether it then overlaps none of ``boxes``."""
+    label.xyann = offset
+    label.set_ha(ha)
+    return not any(label.get_window_extent(renderer).overlaps(b) for b in boxes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -385,3 +385,34 @@ def test_parallel_sitting_matches_a_serial_one(tmp_path, monkeypatch):
                              "--readme", str(tmp_path / "c.md")]) == 0
     assert not (late / "results").exists()
     assert sorted((late / "log.txt").read_text().split("\n")[:2]) == ["late mae seed 0", "late random seed 0"]
+
+
+def test_plot_labels_of_methods_at_the_same_point_do_not_overlap(tmp_path):
+    """Methods of about the same cost and accuracy: their names are spread apart, none over another,
+    and each stays within a few lines of its marker."""
+    pytest.importorskip("matplotlib")
+    cm = _module()
+    res = {m: {0: {"pretrain": {"minutes": 10.0 + 0.1 * i}, "linprobe_frac0.1": {"top1": 0.80 + 0.001 * i}}}
+           for i, m in enumerate(["mae", "supmae", "sdae", "siamese_mim", "cmae"])}
+    res["attmask"] = {0: {"pretrain": {"minutes": 100.0}, "linprobe_frac0.1": {"top1": 0.5}}}  # wide axes:
+    res["random"] = {0: {"linprobe_frac0.1": {"top1": 0.7}}}  # the five share a spot of the panel
+    seen, save = {}, cm.save_figure
+
+    def keep(fig, path, dpi, rect=None):
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        seen["boxes"] = [(t.get_text(), t.get_window_extent(r), t.xyann) for t in fig.axes[0].texts]
+        return save(fig, path, dpi=dpi, rect=rect)
+
+    cm.save_figure = keep
+    try:
+        assert cm.plot(res, tmp_path / "lp.png", "linprobe_frac0.1") is not None
+    finally:
+        cm.save_figure = save
+    boxes = seen["boxes"]
+    assert sorted(name for name, *_ in boxes) == sorted(res)
+    overlaps = [(a, b) for i, (a, ba, _) in enumerate(boxes) for b, bb, _ in boxes[i + 1:] if ba.overlaps(bb)]
+    assert overlaps == []
+    crowd = [off for name, _, off in boxes if name not in ("attmask", "random")]
+    assert len(set(crowd)) == 5  # moved apart, not all left where they were drawn
+    assert all(abs(off[1]) < 60 and abs(off[0]) < 60 for *_, off in boxes)  # near their markers (points)
