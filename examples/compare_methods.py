@@ -816,8 +816,7 @@ def spread_labels(fig: Any, labels: list) -> None:
     Several methods cost about the same minutes and score within a point, so their names would print
     over each other. Labels are placed top to bottom, each at the nearest free place (its own side
     first); one with no free place within four lines stays put."""
-    fig.canvas.draw()  # text extents need a renderer
-    renderer = fig.canvas.get_renderer()
+    renderer = fig.canvas.get_renderer()  # the layout is done: text extents need no draw
     placed: dict[Any, list] = {}
     for label in sorted(labels, key=lambda a: -a.xy[1]):
         boxes = placed.setdefault(label.axes, [])

@@ -387,7 +387,7 @@ def test_parallel_sitting_matches_a_serial_one(tmp_path, monkeypatch):
     assert sorted((late / "log.txt").read_text().split("\n")[:2]) == ["late mae seed 0", "late random seed 0"]
 
 
-def test_plot_labels_of_methods_at_the_same_point_do_not_overlap(tmp_path):
+def test_plot_labels_of_methods_at_the_same_point_do_not_overlap(tmp_path, monkeypatch):
     """Methods of about the same cost and accuracy: their names are spread apart, none over another,
     and each stays within a few lines of its marker."""
     pytest.importorskip("matplotlib")
@@ -404,11 +404,8 @@ def test_plot_labels_of_methods_at_the_same_point_do_not_overlap(tmp_path):
         seen["boxes"] = [(t.get_text(), t.get_window_extent(r), t.xyann) for t in fig.axes[0].texts]
         return save(fig, path, dpi=dpi, rect=rect)
 
-    cm.save_figure = keep
-    try:
-        assert cm.plot(res, tmp_path / "lp.png", "linprobe_frac0.1") is not None
-    finally:
-        cm.save_figure = save
+    monkeypatch.setattr(cm, "save_figure", keep)
+    assert cm.plot(res, tmp_path / "lp.png", "linprobe_frac0.1") is not None
     boxes = seen["boxes"]
     assert sorted(name for name, *_ in boxes) == sorted(res)
     overlaps = [(a, b) for i, (a, ba, _) in enumerate(boxes) for b, bb, _ in boxes[i + 1:] if ba.overlaps(bb)]
