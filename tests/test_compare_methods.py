@@ -32,6 +32,16 @@ def test_discovery_finds_the_tiny_presets():
     assert all(not m.endswith(cm.SUFFIX) for m in methods)
 
 
+def test_the_machine_names_the_slower_avx2_kind_apart_from_avx512():
+    """Timings must name the CPU kind: an AVX2-only machine is 2-3x slower, so its cost cells must not
+    read like an AVX-512 one's."""
+    ext = _module().cpu_extensions
+    assert ext({"avx2", "avx512f", "avx512_bf16"}) == "AVX-512 + bf16"
+    assert ext({"avx2", "avx512f"}) == "AVX-512"
+    assert ext({"avx", "avx2", "fma"}) == "AVX2"
+    assert ext({"sse4_2"}) == ""
+
+
 def test_excluded_methods_are_left_out_with_a_reason():
     cm = _module()
     assert "ttt" not in cm.discover() and "ttt" in cm.discover(all_methods=True)
