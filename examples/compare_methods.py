@@ -939,8 +939,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[compare] not shown: {m} seed {s}, pretrained for another budget ({why})", flush=True)
         return not why
 
-    res = {m: kept for m, by_seed in load_results(args.out).items()  # only the seeds and protocols asked for
-           if (kept := {s: {k: v for k, v in r.items() if asked(k, v, m, s)} for s, r in by_seed.items()
+    res = {m: kept for m, by_seed in load_results(args.out).items()  # only the methods, seeds and protocols asked for
+           if m in methods and (kept := {s: {k: v for k, v in r.items() if asked(k, v, m, s)} for s, r in by_seed.items()
                         if s in args.seeds and same_budget(m, s, r)})}
     md = table(res, [m for m in methods if m in res])
     full = args.budget >= 240_000 and args.limit_train is None and args.limit_test is None and len(args.seeds) >= 3

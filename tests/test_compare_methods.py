@@ -292,6 +292,16 @@ def test_quick_run_writes_results_and_resumes(tmp_path, monkeypatch):
     assert (out / "log.txt").read_text().strip() == ""
     assert cm.main(["--quick", "--methods", "mae", "supmae", "random", "--seeds", "1", "--out", str(out), "--readme", str(readme), "--report-only"]) == 0
     assert not [ln for ln in readme.read_text().splitlines() if ln.startswith("| mae")]
+    # a method not asked for is not shown, and neither is the machine it ran on
+    other = out / "results" / "flip" / "seed0" / "pretrain.json"
+    other.parent.mkdir(parents=True)
+    pre = json.loads((out / "results" / "mae" / "seed0" / "pretrain.json").read_text())
+    other.write_text(json.dumps(pre | {"method": "flip", "machine": "Elsewhere CPU, 2 cores"}))
+    assert cm.main(["--quick", "--methods", "mae", "supmae", "random", "--seeds", "0", "--out", str(out), "--readme", str(readme), "--report-only"]) == 0
+    text = readme.read_text()
+    assert "Elsewhere CPU" not in text and "| mae" in text and "| flip" not in text
+    assert cm.main(["--quick", "--methods", "mae", "flip", "--seeds", "0", "--out", str(out), "--readme", str(readme), "--report-only"]) == 0
+    assert "Elsewhere CPU" in readme.read_text()
 
 
 def test_fine_tuning_epochs_keep_the_full_pools_steps_on_a_smaller_pool():
